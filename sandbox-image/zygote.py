@@ -1,0 +1,1313 @@
+"""Zygote and worker of the csv-agent sandbox (runs INSIDE the jail).
+
+This file owns everything that happens in Python inside one jail:
+
+* the **zygote**: sets the thread knobs, imports the data stack once, loads the
+  dataset as ``df``, freezes the heap for copy-on-write sharing, then serves
+  ``fork`` requests from the supervisor on the control socket and reaps every
+  child (it is PID 1 of the jail's pid namespace);
+* the **worker** (a fork of the zygote): applies its own rlimits and Landlock
+  scope, then runs notebook-like cells in one namespace that lives across
+  cells, capturing stdout/stderr at the Python and the fd level;
+* ``submit()`` and ``hook()``, and the **normalization and hashing** of their
+  values (``normalize``, ``answer_hash``) that the Rust side reimplements.
+
+It must never trust the cells it runs: a BaseException raised by a cell never
+ends the worker's loop, and nothing a cell does reaches the zygote except
+through the kernel (which the jail and the per-worker scope restrict).
+
+The wire protocol is written down in docs/protocol.md; keep both in step.
+Only the standard library and the data stack (pandas, numpy, scipy,
+scikit-learn, statsmodels) may be imported here.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import csv
+import ctypes
+import datetime
+import decimal
+import gc
+import hashlib
+import io
+import json
+import linecache
+import math
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn, Optional
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+FRAME_HEADER = struct.Struct(">I")
+
+# Exit codes of the zygote and of workers (documented in docs/protocol.md).
+EXIT_OK = 0
+EXIT_LOAD_ERROR = 1
+EXIT_PROTOCOL_ERROR = 2
+EXIT_WORKER_INTERNAL = 70
+
+SNIFF_BYTES = 64 * 1024
+SEPARATORS = ",\t;|"
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
+
+# Packages whose versions the ready message reports.
+REPORTED_PACKAGES = (
+    "pandas",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "statsmodels",
+    "joblib",
+    "threadpoolctl",
+    "patsy",
+)
+
+# prctl(2) options and Landlock constants (linux/prctl.h, linux/landlock.h).
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+# Landlock syscalls have the same numbers on every architecture (asm-generic).
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1
+LANDLOCK_SCOPE_SIGNAL = 2
+LANDLOCK_FIRST_ABI_WITH_SCOPES = 6
+
+# Frames from this file are cut from the tracebacks shown to the model.
+_THIS_FILE = __file__
+_THIS_FILE_ABS = os.path.abspath(__file__)
+
+# The data stack, imported by import_data_stack() (lazily when this file is
+# imported as a module by tests or tools).
+np: Any = None
+pd: Any = None
+
+
+def log(message: str) -> None:
+    """One line to the zygote's stderr, which is the supervisor's log."""
+    print(f"zygote[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Framing
+# --------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be read: too long, truncated, or not a JSON object."""
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    # allow_nan=False: the Rust side parses strict JSON, so a NaN that slipped
+    # through must fail here rather than there. "replace" only matters for lone
+    # surrogates, which are not valid UTF-8.
+    body = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    data = body.encode("utf-8", "replace")
+    return FRAME_HEADER.pack(len(data)) + data
+
+
+def send_frame(
+    sock: socket.socket,
+    message: dict[str, Any],
+    ancillary: Optional[list[tuple[int, int, bytes]]] = None,
+) -> None:
+    data = encode_frame(message)
+    if ancillary is None:
+        sock.sendall(data)
+        return
+    # Ancillary data travels with the first byte of the frame; a stream socket
+    # may accept only part of a large buffer, so finish with sendall.
+    sent = sock.sendmsg([data], ancillary)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def _recv_exact(sock: socket.socket, size: int, at_start: bool) -> Optional[bytes]:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            if at_start and not chunks:
+                return None
+            raise ProtocolError(f"connection closed inside a frame ({len(chunks)} of {size} bytes)")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def read_frame(sock: socket.socket) -> Optional[dict[str, Any]]:
+    """The next message, or None on a clean end of stream."""
+    header = _recv_exact(sock, FRAME_HEADER.size, at_start=True)
+    if header is None:
+        return None
+    (length,) = FRAME_HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+    body = _recv_exact(sock, length, at_start=False) or b""
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("frame is not a JSON object with a string \"type\"")
+    return message
+
+
+# --------------------------------------------------------------------------
+# Normalization and hashing of answers (reimplemented in src/answers.rs)
+# --------------------------------------------------------------------------
+
+
+def import_data_stack() -> None:
+    """Bind the module globals np and pd (idempotent)."""
+    global np, pd
+    if np is None or pd is None:
+        import numpy
+        import pandas
+
+        np = numpy
+        pd = pandas
+
+
+def _clean_str(text: str) -> str:
+    # Lone surrogates cannot be encoded as UTF-8; replace them so the value we
+    # send and the value we hash are the same string.
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean_float(value: float) -> Optional[float]:
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return value
+
+
+def _has_default_index(index: Any) -> bool:
+    """True for the index a frame gets when nobody chose one: 0..n-1.
+
+    A RangeIndex(0, n, 1) is the usual form, but some pandas operations hand
+    back an integer Index holding the same labels, which means the same.
+    """
+    if isinstance(index, pd.RangeIndex):
+        return index.start == 0 and index.step == 1
+    if isinstance(index, pd.MultiIndex) or index.dtype.kind not in "iu":
+        return False
+    return bool(np.array_equal(index.to_numpy(), np.arange(len(index))))
+
+
+def _normalize_array(array: Any) -> Any:
+    array = np.asarray(array)  # also turns np.matrix into a plain ndarray
+    if array.ndim == 0:
+        return normalize(array[()])
+    if array.dtype.kind in "mM":
+        # tolist() would turn datetime64[ns] into bare integers.
+        return [_normalize_array(item) for item in array]
+    return normalize(array.tolist())
+
+
+def _normalize_series(series: Any) -> Any:
+    if series.size == 1:
+        return normalize(series.iloc[0])
+    values = [normalize(item) for item in series.tolist()]
+    if _has_default_index(series.index):
+        return values
+    keys = [_clean_str(str(label)) for label in series.index.tolist()]
+    return dict(zip(keys, values))
+
+
+def _normalize_frame(frame: Any) -> Any:
+    rows, columns = frame.shape
+    if rows == 1 and columns == 1:
+        return normalize(frame.iat[0, 0])
+    if columns == 1:
+        return _normalize_series(frame.iloc[:, 0])
+    default_index = _has_default_index(frame.index)
+    if columns == 2 and default_index:
+        keys = [_clean_str(str(key)) for key in frame.iloc[:, 0].tolist()]
+        values = [normalize(value) for value in frame.iloc[:, 1].tolist()]
+        return dict(zip(keys, values))
+    names = [_clean_str(str(column)) for column in frame.columns]
+    records = [
+        {name: normalize(value) for name, value in zip(names, row)}
+        for row in frame.itertuples(index=False, name=None)
+    ]
+    if default_index:
+        return records
+    # A chosen index (a groupby result, say) carries meaning: keep it as the
+    # key rather than dropping it, as a Series with such an index does.
+    labels = [_clean_str(str(label)) for label in frame.index.tolist()]
+    return dict(zip(labels, records))
+
+
+def normalize(value: Any) -> Any:
+    """Turn any value a cell may produce into plain JSON (see docs/protocol.md)."""
+    import_data_stack()
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _clean_float(float(value))
+    if isinstance(value, str):
+        return _clean_str(str(value))
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (pd.Timedelta, datetime.timedelta)):
+        return str(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
+            return None
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, np.timedelta64):
+        if np.isnat(value):
+            return None
+        return str(pd.Timedelta(value))
+    if isinstance(value, decimal.Decimal):
+        return _clean_float(float(value))
+    if isinstance(value, pd.DataFrame):
+        return _normalize_frame(value)
+    if isinstance(value, pd.Series):
+        return _normalize_series(value)
+    if isinstance(value, (pd.Index, pd.api.extensions.ExtensionArray)):
+        return [normalize(item) for item in value.tolist()]
+    if isinstance(value, np.ndarray):
+        return _normalize_array(value)
+    if isinstance(value, Mapping):
+        return {_clean_str(str(key)): normalize(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalize(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [normalize(item) for item in sorted(value, key=repr)]
+    return _clean_str(str(value))
+
+
+def canonicalize(value: Any) -> Any:
+    """Round floats to 2 decimals; integral results below 2**53 become ints.
+
+    Input must already be normalized JSON (None, bool, int, float, str, list,
+    dict with str keys).
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        rounded = round(value, 2)
+        if rounded.is_integer() and abs(rounded) < 2**53:
+            return int(rounded)
+        return rounded
+    if isinstance(value, list):
+        return [canonicalize(item) for item in value]
+    if isinstance(value, dict):
+        return {key: canonicalize(item) for key, item in value.items()}
+    raise TypeError(f"cannot canonicalize {type(value).__name__}: normalize it first")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(
+        canonicalize(normalize(value)),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+def answer_hash(value: Any) -> str:
+    """First 16 hex digits of sha256 over the canonical JSON of the value."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------
+# Configuration and start-up
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    csv: str
+    control_fd: int = 3
+    max_output: int = 65536
+    worker_scope: bool = False
+    threads: int = 1
+
+
+def parse_config(argv: list[str]) -> Config:
+    if len(argv) != 2:
+        raise ValueError(f"expected one argument (the config JSON), got {len(argv) - 1}")
+    try:
+        raw = json.loads(argv[1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("config is not a JSON object")
+    csv_path = raw.get("csv")
+    if not isinstance(csv_path, str) or not csv_path:
+        raise ValueError("config needs \"csv\": the path of the dataset inside the jail")
+    config = Config(
+        csv=csv_path,
+        control_fd=raw.get("control_fd", 3),
+        max_output=raw.get("max_output", 65536),
+        worker_scope=raw.get("worker_scope", False),
+        threads=raw.get("threads", 1),
+    )
+    for name in ("control_fd", "max_output", "threads"):
+        number = getattr(config, name)
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise ValueError(f"config \"{name}\" must be a non-negative integer, got {number!r}")
+    if config.threads < 1 or config.max_output < 1:
+        raise ValueError("config \"threads\" and \"max_output\" must be at least 1")
+    if not isinstance(config.worker_scope, bool):
+        raise ValueError(f"config \"worker_scope\" must be a boolean, got {config.worker_scope!r}")
+    return config
+
+
+def configure_environment(threads: int) -> None:
+    """Set before the data stack is imported: BLAS/OpenMP read these once."""
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    os.environ["HOME"] = "/tmp"
+    os.environ["TMPDIR"] = "/tmp"
+    os.environ["MPLBACKEND"] = "Agg"
+    # joblib/loky: nothing to set. It sizes its pool from os.cpu_count(),
+    # affinity and the cgroup quota, and keeps its semaphores in /dev/shm.
+
+
+def import_full_stack() -> dict[str, Any]:
+    """Import what cells use, plus the submodules analyses commonly reach for.
+
+    Everything imported here is shared copy-on-write by every worker, so a
+    warm import costs once per dataset instead of once per task.
+    """
+    import_data_stack()
+    import scipy
+    import scipy.optimize  # noqa: F401  (warm)
+    import scipy.stats as stats
+    import sklearn
+    import sklearn.cluster  # noqa: F401  (warm)
+    import sklearn.ensemble  # noqa: F401  (warm)
+    import sklearn.linear_model  # noqa: F401  (warm)
+    import sklearn.metrics  # noqa: F401  (warm)
+    import sklearn.model_selection  # noqa: F401  (warm)
+    import sklearn.preprocessing  # noqa: F401  (warm)
+    import sklearn.tree  # noqa: F401  (warm)
+    import statsmodels.api as sm
+    import statsmodels.formula.api  # noqa: F401  (warm)
+
+    return {"pd": pd, "np": np, "scipy": scipy, "stats": stats, "sklearn": sklearn, "sm": sm}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions: dict[str, str] = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class LoadError(Exception):
+    """The dataset could not be read; the message is sent as load_error."""
+
+
+def sniff_separator(sample: str, complete: bool) -> str:
+    if not complete and "\n" in sample:
+        # The sample ends mid-line; a partial last row confuses the sniffer.
+        sample = sample[: sample.rfind("\n") + 1]
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        pass
+    # The sniffer gives up on ragged or single-row files: the candidate seen
+    # most often in the header is then a better guess than a bare comma.
+    header = sample.split("\n", 1)[0]
+    counts = {separator: header.count(separator) for separator in SEPARATORS}
+    best = max(SEPARATORS, key=lambda separator: counts[separator])
+    return best if counts[best] > 0 else ","
+
+
+def load_csv(path: str) -> tuple[Any, str, str]:
+    """Read the dataset: (frame, separator, encoding)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SNIFF_BYTES + 1)
+    except OSError as exc:
+        raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head.strip():
+        raise LoadError(f"{path} is empty")
+    complete = len(head) <= SNIFF_BYTES
+    # Separators are ASCII, so undecodable bytes do not matter for sniffing.
+    sample = head[:SNIFF_BYTES].decode("utf-8-sig", "replace")
+    separator = sniff_separator(sample, complete)
+    try:
+        try:
+            frame = pd.read_csv(path, sep=separator, encoding="utf-8-sig")
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            frame = pd.read_csv(path, sep=separator, encoding="latin-1")
+            encoding = "latin-1"
+    except Exception as exc:  # pandas raises many types; all mean "cannot load"
+        raise LoadError(f"cannot parse {path} (separator {separator!r}): {type(exc).__name__}: {exc}") from None
+    return frame, separator, encoding
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.prctl.restype = ctypes.c_int
+    return libc
+
+
+def prctl(option: int, argument: int) -> None:
+    libc = _libc()
+    zero = ctypes.c_ulong(0)
+    if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(argument), zero, zero, zero) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl({option}, {argument}): {os.strerror(error)}")
+
+
+# --------------------------------------------------------------------------
+# Zygote
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: Optional[int] = None
+    address_space_extra: Optional[int] = None
+    nofile: Optional[int] = None
+
+    @staticmethod
+    def from_message(raw: Any) -> "Limits":
+        if raw is None:
+            return Limits()
+        if not isinstance(raw, dict):
+            raise ValueError("\"limits\" must be an object")
+        values: dict[str, Optional[int]] = {}
+        for name, minimum in (("cpu_seconds", 1), ("address_space_extra", 0), ("nofile", 1)):
+            number = raw.get(name)
+            if number is None:
+                values[name] = None
+                continue
+            if isinstance(number, float) and number.is_integer():
+                number = int(number)
+            if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+                raise ValueError(f"limit \"{name}\" must be an integer >= {minimum} or null, got {number!r}")
+            values[name] = number
+        return Limits(**values)
+
+
+class Zygote:
+    """The fork server: one per jail, PID 1 of its pid namespace."""
+
+    def __init__(self, config: Config, control: socket.socket, namespace_seed: dict[str, Any]):
+        self.config = config
+        self.control = control
+        self.namespace_seed = namespace_seed
+        self.workers: dict[int, int] = {}  # pid -> worker_id
+        self.terminate_requested = False
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # Signals only note that something happened; the loop does the work, so
+    # nothing runs inside a handler but a flag and the wakeup byte.
+    def _on_sigchld(self, signum: int, frame: Any) -> None:
+        pass
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.terminate_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def send(self, message: dict[str, Any], fds: Optional[list[int]] = None) -> None:
+        ancillary = None
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+        send_frame(self.control, message, ancillary)
+
+    def serve(self) -> int:
+        self.install_signal_handlers()
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        poller.register(self.wake_read, select.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self.wake_read in events:
+                    self._drain_wakeup()
+                # Reap before reading: an exited worker is reported even when
+                # the supervisor keeps the control socket busy.
+                self.reap()
+                if self.terminate_requested:
+                    log("SIGTERM: shutting down")
+                    self.shutdown()
+                    return EXIT_OK
+                if self.control.fileno() not in events:
+                    continue
+                message = read_frame(self.control)
+                if message is None:
+                    log("control socket closed: shutting down")
+                    self.shutdown()
+                    return EXIT_OK
+                if not self.dispatch(message):
+                    return EXIT_OK
+        except ProtocolError as exc:
+            log(f"protocol error on the control socket: {exc}")
+            self.shutdown()
+            return EXIT_PROTOCOL_ERROR
+        except OSError as exc:
+            # The supervisor went away mid-send: nobody is left to serve.
+            log(f"control socket failed: {exc}")
+            self.shutdown()
+            return EXIT_OK
+
+    def dispatch(self, message: dict[str, Any]) -> bool:
+        """Handle one control message; False once the zygote should exit."""
+        kind = message["type"]
+        if kind == "fork":
+            self.handle_fork(message)
+            return True
+        if kind == "shutdown":
+            log("shutdown requested")
+            self.shutdown()
+            return False
+        self.send({"type": "error", "error": f"unexpected message type {kind}, expected fork or shutdown"})
+        return True
+
+    def handle_fork(self, message: dict[str, Any]) -> None:
+        worker_id = message.get("worker_id")
+        if isinstance(worker_id, bool) or not isinstance(worker_id, int):
+            self.send({"type": "error", "error": f"fork message needs an integer worker_id, got {worker_id!r}"})
+            return
+        try:
+            limits = Limits.from_message(message.get("limits"))
+        except ValueError as exc:
+            self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"invalid limits: {exc}"})
+            return
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Set before the fork so the worker's very first frame (hello) already
+        # carries credentials for whoever ends up holding this end.
+        parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        # Buffered log lines would otherwise be written again by the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            parent_end.close()
+            child_end.close()
+            self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"fork: {exc.strerror or exc}"})
+            return
+        if pid == 0:
+            try:
+                parent_end.close()
+                run_worker(self, child_end, worker_id, limits)
+            except BaseException:
+                # A bug in this file, not in a cell: leave a trace wherever
+                # fd 2 points by now, and never fall back into the zygote loop.
+                traceback.print_exc()
+            finally:
+                os._exit(EXIT_WORKER_INTERNAL)
+        # The child does the same; doing it here too closes the race where the
+        # supervisor kills the group before the child got to run.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        child_end.close()
+        self.workers[pid] = worker_id
+        try:
+            self.send({"type": "forked", "worker_id": worker_id, "pid": pid}, fds=[parent_end.fileno()])
+        finally:
+            parent_end.close()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self.wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        """Wait for every dead child: workers are reported, orphans are not."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker_id = self.workers.pop(pid, None)
+            if worker_id is None:
+                continue  # an orphan reparented to us (we are PID 1 / subreaper)
+            code = os.waitstatus_to_exitcode(status)
+            self.send(
+                {
+                    "type": "exited",
+                    "worker_id": worker_id,
+                    "pid": pid,
+                    "exit_code": code if code >= 0 else None,
+                    "signal": -code if code < 0 else None,
+                }
+            )
+
+    def shutdown(self) -> None:
+        for pid in list(self.workers):
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid in list(self.workers):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.workers.clear()
+
+
+# --------------------------------------------------------------------------
+# Worker: limits, Landlock scope, output capture, cells
+# --------------------------------------------------------------------------
+
+
+def current_vm_size() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmSize line in /proc/self/status")
+
+
+def _lower_limit(which: int, soft: int, hard: int) -> tuple[int, int]:
+    """Set a limit, clamped below the current hard limit (it may only go down)."""
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:
+        hard = min(hard, current_hard)
+    soft = min(soft, hard)
+    resource.setrlimit(which, (soft, hard))
+    return soft, hard
+
+
+def apply_limits(limits: Limits) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpu_seconds": None, "address_space": None, "nofile": None, "error": None}
+    errors: list[str] = []
+    if limits.cpu_seconds is not None:
+        try:
+            # The soft limit sends SIGXCPU (the worker dies of it); the hard
+            # limit one second later is SIGKILL in case SIGXCPU is caught.
+            soft, _ = _lower_limit(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)
+            report["cpu_seconds"] = soft
+        except (OSError, ValueError) as exc:
+            errors.append(f"RLIMIT_CPU: {exc}")
+    if limits.address_space_extra is not None:
+        try:
+            # The memory fallback when cgroups are missing: what the worker
+            # already maps (shared with the zygote) plus the allowed growth.
+            total = current_vm_size() + limits.address_space_extra
+            soft, _ = _lower_limit(resource.RLIMIT_AS, total, total)
+            report["address_space"] = soft
+        except (OSError, ValueError) as exc:
+            errors.append(f"RLIMIT_AS: {exc}")
+    if limits.nofile is not None:
+        try:
+            soft, _ = _lower_limit(resource.RLIMIT_NOFILE, limits.nofile, limits.nofile)
+            report["nofile"] = soft
+        except (OSError, ValueError) as exc:
+            errors.append(f"RLIMIT_NOFILE: {exc}")
+    if errors:
+        report["error"] = "; ".join(errors)
+    return report
+
+
+class _LandlockRulesetAttr(ctypes.Structure):
+    # struct landlock_ruleset_attr, ABI 6 layout (24 bytes).
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+def apply_landlock_scope() -> dict[str, Any]:
+    """Enter a fresh Landlock domain that handles no access but scopes signals
+    and abstract unix sockets: the worker can then signal only itself and its
+    descendants, never the zygote or a sibling worker. Landlock also forbids
+    ptrace-style access (/proc/<pid>/mem) across domains.
+    """
+    libc = _libc()
+    abi = libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    if abi < 0:
+        error = ctypes.get_errno()
+        return {"applied": False, "abi": None, "error": f"landlock unavailable: {os.strerror(error)} (errno {error})"}
+    if abi < LANDLOCK_FIRST_ABI_WITH_SCOPES:
+        return {
+            "applied": False,
+            "abi": abi,
+            "error": f"landlock ABI {abi} has no scopes (needs {LANDLOCK_FIRST_ABI_WITH_SCOPES})",
+        }
+    try:
+        # Required by landlock_restrict_self without CAP_SYS_ADMIN; already set
+        # inside the jail, set here so the scope also works outside it.
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as exc:
+        return {"applied": False, "abi": abi, "error": str(exc)}
+    attr = _LandlockRulesetAttr(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+    ruleset_fd = libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+        ctypes.c_uint32(0),
+    )
+    if ruleset_fd < 0:
+        error = ctypes.get_errno()
+        return {"applied": False, "abi": abi, "error": f"landlock_create_ruleset: {os.strerror(error)} (errno {error})"}
+    try:
+        result = libc.syscall(
+            ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)
+        )
+        if result < 0:
+            error = ctypes.get_errno()
+            return {"applied": False, "abi": abi, "error": f"landlock_restrict_self: {os.strerror(error)} (errno {error})"}
+    finally:
+        os.close(ruleset_fd)
+    return {"applied": True, "abi": abi, "error": None}
+
+
+TRUNCATION_MARGIN = 4  # one UTF-8 character past the cap, to find its boundary
+
+
+def cap_output(data: bytes, total: int, cap: int) -> tuple[str, int]:
+    """Keep the head of a stream: (text, bytes cut).
+
+    ``data`` holds at least the first min(total, cap + 4) bytes of the stream.
+    The cut never splits a UTF-8 character; invalid bytes decode as U+FFFD.
+    """
+    if total <= cap:
+        return data[:total].decode("utf-8", "replace"), 0
+    cut = cap
+    steps = 0
+    # Step back over continuation bytes (10xxxxxx) to the start of the
+    # character the cap falls in; at most 3 for valid UTF-8.
+    while cut > 0 and steps < 3 and cut < len(data) and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+        steps += 1
+    if steps == 3 and (data[cut] & 0xC0) == 0x80:
+        cut = cap  # not UTF-8 anyway: cut where the cap says
+    text = data[:cut].decode("utf-8", "replace")
+    removed = total - cut
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + f"[... {removed} bytes truncated]\n", removed
+
+
+class CappedBuffer:
+    """The head of what was written (cap + a margin) and the total size."""
+
+    def __init__(self, cap: int):
+        self.keep = cap + TRUNCATION_MARGIN
+        self.data = bytearray()
+        self.total = 0
+
+    def reset(self) -> None:
+        self.data = bytearray()
+        self.total = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.keep - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+
+class CapturedBinaryStream(io.RawIOBase):
+    """sys.stdout.buffer of a cell: bytes into the same capped buffer."""
+
+    def __init__(self, buffer: CappedBuffer, fd: int):
+        super().__init__()
+        self._buffer = buffer
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._buffer.write(chunk)
+        return len(chunk)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass  # a cell closing sys.stdout must not break the next cell
+
+
+class CapturedTextStream(io.TextIOBase):
+    """sys.stdout / sys.stderr of a cell. One object per worker, so handlers
+    that kept a reference (logging.basicConfig in an earlier cell) still write
+    into the current cell's capture."""
+
+    def __init__(self, buffer: CappedBuffer, fd: int, name: str):
+        super().__init__()
+        self._buffer = buffer
+        self._fd = fd
+        self._name = name
+        self._binary = CapturedBinaryStream(buffer, fd)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def buffer(self) -> CapturedBinaryStream:
+        return self._binary
+
+    @property
+    def line_buffering(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # Code that writes to the fd (subprocess, faulthandler) lands in the
+        # fd-level capture of the same stream.
+        return self._fd
+
+    def write(self, text: Any) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._buffer.write(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def close(self) -> None:
+        pass  # see CapturedBinaryStream.close
+
+
+class StreamCapture:
+    """One output stream of the worker (fd 1 or 2), captured twice: Python
+    writes go to a CappedBuffer, fd writes (C code, children) to a memfd that
+    the fd points at. Merged python-then-fd when the cell ends."""
+
+    def __init__(self, fd: int, name: str, cap: int):
+        self.fd = fd
+        self.cap = cap
+        self.buffer = CappedBuffer(cap)
+        self.stream = CapturedTextStream(self.buffer, fd, f"<{name}>")
+        self._spill: Any = None
+        try:
+            self.file_fd = os.memfd_create(f"cell-{name}", os.MFD_CLOEXEC)
+        except (OSError, AttributeError):
+            # No memfd (old kernel or a filter that denies it): an unlinked
+            # file in TMPDIR does the same job.
+            self._spill = tempfile.TemporaryFile()
+            self.file_fd = self._spill.fileno()
+        # From now on the worker's fd never points at the supervisor's log
+        # pipe (which it inherited from the zygote), even between cells.
+        os.dup2(self.file_fd, self.fd)
+
+    def begin(self) -> None:
+        self.buffer.reset()
+        os.ftruncate(self.file_fd, 0)
+        # fd 1/2 share this file description (and so its offset) after dup2.
+        os.lseek(self.file_fd, 0, os.SEEK_SET)
+        # Redone every cell: a cell may have closed or replaced the fd.
+        os.dup2(self.file_fd, self.fd)
+
+    def collect(self) -> tuple[str, int]:
+        size = os.fstat(self.file_fd).st_size
+        wanted = min(size, self.cap + TRUNCATION_MARGIN)
+        head = bytearray()
+        while len(head) < wanted:
+            chunk = os.pread(self.file_fd, wanted - len(head), len(head))
+            if not chunk:
+                break
+            head += chunk
+        # The python part holds min(total, cap + 4) bytes, all cap_output may look at.
+        return cap_output(bytes(self.buffer.data) + bytes(head), self.buffer.total + size, self.cap)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        _libc().fflush(None)
+    except (OSError, AttributeError):
+        pass
+    # The interpreter's own wrappers on fds 1/2 (sys.__stdout__) buffer too.
+    for stream in (sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _is_own_frame(filename: str) -> bool:
+    return filename == _THIS_FILE or filename == _THIS_FILE_ABS
+
+
+def _strip_own_frames(exception: traceback.TracebackException, seen: set[int]) -> None:
+    if id(exception) in seen:
+        return
+    seen.add(id(exception))
+    kept = [frame for frame in exception.stack if not _is_own_frame(frame.filename)]
+    exception.stack = traceback.StackSummary.from_list(kept)
+    for linked in (exception.__cause__, exception.__context__):
+        if linked is not None:
+            _strip_own_frames(linked, seen)
+    for member in getattr(exception, "exceptions", None) or []:
+        _strip_own_frames(member, seen)
+
+
+def describe_exception(exc: BaseException) -> dict[str, str]:
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        summary = traceback.TracebackException.from_exception(exc)
+        _strip_own_frames(summary, set())
+        formatted = "".join(summary.format())
+    except Exception as failure:  # a broken __str__ or __repr__ in user code
+        formatted = f"{type(exc).__name__}: {message}\n(traceback unavailable: {failure!r})\n"
+    return {"type": type(exc).__name__, "message": _clean_str(message), "traceback": _clean_str(formatted)}
+
+
+def run_code(code: str, filename: str, namespace: dict[str, Any]) -> Any:
+    """Exec a cell; the value of a trailing expression statement, else None."""
+    tree = ast.parse(code, filename=filename, mode="exec")
+    trailing: Optional[ast.Expression] = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        trailing = ast.Expression(tree.body.pop().value)
+    # dont_inherit: this file's `from __future__ import annotations` must not
+    # leak into user code.
+    exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+    if trailing is None:
+        return None
+    return eval(compile(trailing, filename, "eval", dont_inherit=True), namespace)
+
+
+class Worker:
+    """One task's REPL: a namespace that lives across cells."""
+
+    def __init__(self, sock: socket.socket, worker_id: int, config: Config, namespace_seed: dict[str, Any]):
+        self.sock = sock
+        self.worker_id = worker_id
+        self.config = config
+        self.in_cell = False
+        self.submitted: Optional[dict[str, Any]] = None
+        self.hooks: list[dict[str, Any]] = []
+        self.stdout = StreamCapture(1, "stdout", config.max_output)
+        self.stderr = StreamCapture(2, "stderr", config.max_output)
+        # A real module as __main__: pickle (multiprocessing, joblib) finds
+        # functions defined in cells by looking them up in sys.modules.
+        main_module = types.ModuleType("__main__")
+        self.namespace: dict[str, Any] = main_module.__dict__
+        self.namespace.update(namespace_seed)
+        self.namespace.update({"submit": self.submit, "hook": self.hook, "__builtins__": builtins})
+        sys.modules["__main__"] = main_module
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # Interrupts the running cell (reported as KeyboardInterrupt); between
+        # cells it would tear a frame apart, so it is ignored there.
+        if self.in_cell:
+            raise KeyboardInterrupt
+
+    def submit(self, answer: Any, **meta: Any) -> None:
+        """Record the task's final answer (a later call replaces it)."""
+        value = normalize(answer)
+        self.submitted = {"value": value, "hash": answer_hash(value), "meta": normalize(meta)}
+        shown = json.dumps(value, ensure_ascii=False)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        print(f"✓ Submitted: {shown}")
+
+    def hook(
+        self,
+        value: Any,
+        code_line: Any,
+        name: Optional[str] = None,
+        description: Optional[str] = None,
+        depends_on: Any = None,
+    ) -> Any:
+        """Record an intermediate checkpoint; returns value unchanged."""
+        if isinstance(depends_on, str):
+            depends_on = [depends_on]  # list("abc") would split the name
+        normalized = normalize(value)
+        self.hooks.append(
+            {
+                "variable_name": normalize(name),
+                "code_line": normalize(code_line),
+                "value": normalized,
+                "value_hash": answer_hash(normalized),
+                "depends_on": normalize(list(depends_on or [])),
+                "description": normalize(description),
+            }
+        )
+        return value
+
+    def execute(self, cell: Any, code: str) -> dict[str, Any]:
+        self.submitted = None
+        self.hooks = []
+        filename = f"<cell-{cell}>"
+        # Lets tracebacks show the cell's source lines; mtime None means the
+        # entry is never invalidated by linecache.checkcache.
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        self.stdout.begin()
+        self.stderr.begin()
+        sys.stdout = self.stdout.stream
+        sys.stderr = self.stderr.stream
+        status = "ok"
+        error: Optional[dict[str, str]] = None
+        result: Optional[str] = None
+        started = time.perf_counter()
+        try:
+            self.in_cell = True
+            try:
+                value = run_code(code, filename, self.namespace)
+                if value is not None:
+                    result = repr(value)
+            finally:
+                self.in_cell = False
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too
+            status = "error"
+            error = describe_exception(exc)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        _flush_c_stdio()
+        stdout, stdout_cut = self.stdout.collect()
+        stderr, stderr_cut = self.stderr.collect()
+        if result is not None:
+            encoded = _clean_str(result).encode("utf-8")
+            result, _ = cap_output(encoded, len(encoded), self.config.max_output)
+        return {
+            "type": "result",
+            "cell": cell,
+            "status": status,
+            "stdout": stdout,
+            "stderr": stderr,
+            "stdout_truncated": stdout_cut,
+            "stderr_truncated": stderr_cut,
+            "result": result,
+            "error": error,
+            "submitted": self.submitted,
+            "hooks": self.hooks,
+            "elapsed_ms": elapsed_ms,
+        }
+
+    def reply(self, message: dict[str, Any]) -> None:
+        try:
+            frame = encode_frame(message)
+            if len(frame) - FRAME_HEADER.size > MAX_FRAME:
+                raise ValueError(f"result of {len(frame)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+        except ValueError as exc:
+            # Too big (huge submitted/hook values) or not JSON: report it as the
+            # cell's error rather than sending a frame the supervisor rejects.
+            fallback = dict(message)
+            fallback["status"] = "error"
+            fallback["submitted"] = None
+            fallback["hooks"] = []
+            fallback["error"] = {"type": "ResultTooLarge", "message": str(exc), "traceback": ""}
+            frame = encode_frame(fallback)
+        self.sock.sendall(frame)
+
+    def serve(self) -> NoReturn:
+        while True:
+            try:
+                message = read_frame(self.sock)
+            except ProtocolError:
+                os._exit(EXIT_PROTOCOL_ERROR)
+            except OSError:
+                os._exit(EXIT_OK)
+            if message is None:
+                os._exit(EXIT_OK)
+            kind = message["type"]
+            if kind == "exit":
+                os._exit(EXIT_OK)
+            if kind != "exec":
+                self._send_or_exit({"type": "error", "error": f"unexpected message type {kind}, expected exec or exit"})
+                continue
+            code = message.get("code")
+            cell = message.get("cell")
+            if not isinstance(code, str):
+                self._send_or_exit({"type": "error", "error": "exec message needs a string \"code\""})
+                continue
+            self._send_or_exit(self.execute(cell, code))
+
+    def _send_or_exit(self, message: dict[str, Any]) -> None:
+        try:
+            self.reply(message)
+        except OSError:
+            os._exit(EXIT_OK)  # the supervisor hung up: nobody to serve
+
+
+def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limits) -> NoReturn:
+    """Everything a fresh fork does, in order. Never returns."""
+    # 1. Drop what belongs to the zygote: the control channel and its wakeup.
+    signal.set_wakeup_fd(-1)
+    zygote.control.close()
+    os.close(zygote.wake_read)
+    os.close(zygote.wake_write)
+    # 2. Default signal behaviour (SIGPIPE stays ignored, as Python sets it).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # 3. Own process group: the supervisor kills the whole task with killpg.
+    os.setpgid(0, 0)
+    # 4. rlimits, then the per-worker Landlock domain.
+    limits_report = apply_limits(limits)
+    if zygote.config.worker_scope:
+        scope = apply_landlock_scope()
+    else:
+        scope = {"applied": False, "abi": None, "error": None}
+    worker = Worker(sock, worker_id, zygote.config, zygote.namespace_seed)
+    signal.signal(signal.SIGINT, worker._on_sigint)
+    # 5. Hello, with credentials: the supervisor reads our host pid from them.
+    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+    hello = {
+        "type": "hello",
+        "version": PROTOCOL_VERSION,
+        "worker_id": worker_id,
+        "pid": os.getpid(),
+        "scope": scope,
+        "limits": limits_report,
+    }
+    try:
+        send_frame(sock, hello, [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)])
+    except OSError:
+        os._exit(EXIT_OK)
+    worker.serve()
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    try:
+        config = parse_config(argv)
+    except ValueError as exc:
+        log(f"bad config: {exc}")
+        return EXIT_PROTOCOL_ERROR
+    configure_environment(config.threads)
+    try:
+        control = socket.socket(fileno=config.control_fd)
+    except OSError as exc:
+        log(f"control fd {config.control_fd} is not a socket: {exc}")
+        return EXIT_PROTOCOL_ERROR
+    try:
+        # Workers must not inherit a terminal or pipe they could block on.
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    except OSError:
+        pass
+
+    started = time.perf_counter()
+    modules = import_full_stack()
+    import_ms = (time.perf_counter() - started) * 1000.0
+
+    started = time.perf_counter()
+    try:
+        frame, separator, encoding = load_csv(config.csv)
+    except LoadError as exc:
+        log(f"load error: {exc}")
+        try:
+            send_frame(control, {"type": "load_error", "error": str(exc)})
+        except OSError:
+            pass
+        return EXIT_LOAD_ERROR
+    load_ms = (time.perf_counter() - started) * 1000.0
+
+    namespace_seed = {"__name__": "__main__", "df": frame, **modules}
+    # Everything allocated so far is shared with every worker; freezing keeps
+    # the collector from writing to (and so un-sharing) those pages.
+    gc.collect()
+    gc.freeze()
+    try:
+        # Not dumpable: no process of the same uid may open our (and, through
+        # fork, every worker's) /proc/<pid>/mem or attach to it.
+        prctl(PR_SET_DUMPABLE, 0)
+    except OSError as exc:
+        log(f"cannot clear the dumpable flag: {exc}")
+    try:
+        # As PID 1 orphans come to us anyway; outside a pid namespace (tests,
+        # a jail without one) this makes them come to us too, so that we reap
+        # a worker's orphaned children as PID 1 would.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError as exc:
+        log(f"cannot become a child subreaper: {exc}")
+
+    zygote = Zygote(config, control, namespace_seed)
+    try:
+        send_frame(
+            control,
+            {
+                "type": "ready",
+                "version": PROTOCOL_VERSION,
+                "pid": os.getpid(),
+                "python": sys.version,
+                "packages": package_versions(),
+                "rows": int(frame.shape[0]),
+                "columns": int(frame.shape[1]),
+                "separator": separator,
+                "encoding": encoding,
+                "import_ms": import_ms,
+                "load_ms": load_ms,
+            },
+        )
+    except OSError as exc:
+        log(f"cannot send ready: {exc}")
+        return EXIT_OK
+    return zygote.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,82 @@
+//! The command line: parse, resolve settings once, call the library, print,
+//! map errors to exit codes (0 ok, 1 a cell or check failed, 2 could not run).
+
+mod doctor;
+mod image;
+mod sandbox;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status when everything worked.
+pub const EXIT_OK: i32 = 0;
+/// A cell did not succeed, or a check failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Bad usage or a set-up error: nothing ran.
+pub const EXIT_ERROR: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "csv-agent",
+    version,
+    about = "Verified training data for data-analysis agents, generated in a native Linux jail"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show each isolation layer as measured inside a real jail.
+    Doctor(doctor::DoctorArgs),
+    /// Run code in a jailed worker.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Build or locate the Python image the jail runs.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+/// Entry point of the binary. The jail-init mode is checked first, before
+/// any thread exists: that process must stay single-threaded until it execs.
+pub fn main() -> i32 {
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(crate::sandbox::init::INIT_ARG))
+    {
+        return crate::sandbox::init::main();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("csv-agent: error: cannot start the async runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Doctor(args) => doctor::run(args).await,
+            Command::Sandbox(cmd) => sandbox::run(cmd).await,
+            Command::Image(cmd) => image::run(cmd).await,
+        }
+    });
+    // Do not wait for stray blocking tasks (cgroup clean-up threads finish on their own).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("csv-agent: error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `csv-agent sandbox exec`: run cells in one task's worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::sandbox::{parse_size, CellResult, CellStatus, Sandbox, SandboxOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run cells, in order, in one worker of a jailed zygote with the CSV as `df`.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The dataset, loaded as `df` (also readable at /data/<name> in the jail).
+    #[arg(long)]
+    csv: PathBuf,
+    /// A cell of Python; repeat for several cells (run in order, state kept).
+    #[arg(long = "code")]
+    code: Vec<String>,
+    /// A Python file run as one more cell after the --code cells.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Wall-clock limit per cell, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Memory limit of the worker, like 512M or 2G.
+    #[arg(long, default_value = "1G")]
+    memory: String,
+    /// One JSON object per cell, one per line.
+    #[arg(long)]
+    json: bool,
+    /// Run even if an isolation layer is unavailable on this host.
+    #[arg(long)]
+    allow_degraded: bool,
+}
+
+pub async fn run(cmd: SandboxCommand) -> Result<i32> {
+    match cmd {
+        SandboxCommand::Exec(args) => exec(args).await,
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonCell<'a> {
+    status: &'a str,
+    stdout: &'a str,
+    stderr: &'a str,
+    result: &'a Option<String>,
+    error: &'a Option<serde_json::Value>,
+    submitted: &'a Option<serde_json::Value>,
+    hooks: &'a [serde_json::Value],
+    elapsed_ms: f64,
+}
+
+async fn exec(args: ExecArgs) -> Result<i32> {
+    // Validate everything before building anything.
+    let mut cells = args.code.clone();
+    if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the script {}", file.display()))?;
+        cells.push(text);
+    }
+    if cells.is_empty() {
+        bail!("nothing to run: give at least one --code CELL or --file SCRIPT.py");
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!(
+            "--timeout must be a positive number of seconds, got {}",
+            args.timeout
+        );
+    }
+    let memory = parse_size(&args.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    if memory < 32 << 20 {
+        bail!(
+            "--memory {} is too small for Python and pandas (minimum 32M)",
+            args.memory
+        );
+    }
+    if !args.csv.is_file() {
+        bail!("--csv {}: no such file", args.csv.display());
+    }
+
+    let image = super::image::ensure_image().await?;
+    let mut opts = SandboxOptions::new(&args.csv, image)?;
+    opts.allow_degraded = args.allow_degraded;
+    opts.limits.cell_timeout = Duration::from_secs_f64(args.timeout);
+    opts.limits.memory_bytes = memory;
+    opts.spare_workers = 0;
+    let sandbox = Sandbox::start(opts).await?;
+    for layer in sandbox.report().degraded() {
+        eprintln!(
+            "csv-agent: warn: running with {} {}: {}",
+            layer.name,
+            layer.status.as_str(),
+            layer.detail
+        );
+    }
+
+    let mut task = sandbox.task();
+    let mut all_ok = true;
+    let mut outcome = Ok(());
+    for (i, code) in cells.iter().enumerate() {
+        let cell = match task.run_cell(code).await {
+            Ok(c) => c,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        all_ok &= cell.status == CellStatus::Ok;
+        if args.json {
+            print_json(&cell)?;
+        } else {
+            print_notebook(i + 1, code, &cell);
+        }
+    }
+    sandbox.shutdown().await;
+    outcome?;
+    Ok(if all_ok {
+        super::EXIT_OK
+    } else {
+        super::EXIT_FAILED
+    })
+}
+
+fn print_json(cell: &CellResult) -> Result<()> {
+    let line = serde_json::to_string(&JsonCell {
+        status: cell.status.as_str(),
+        stdout: &cell.stdout,
+        stderr: &cell.stderr,
+        result: &cell.result,
+        error: &cell.error,
+        submitted: &cell.submitted,
+        hooks: &cell.hooks,
+        elapsed_ms: cell.elapsed_ms,
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+fn print_notebook(n: usize, code: &str, cell: &CellResult) {
+    println!("In [{n}]:");
+    for line in code.lines() {
+        println!("    {line}");
+    }
+    if !cell.stdout.is_empty() {
+        print!("{}", cell.stdout);
+        if !cell.stdout.ends_with('\n') {
+            println!();
+        }
+    }
+    if !cell.stderr.is_empty() {
+        eprint!("{}", cell.stderr);
+        if !cell.stderr.ends_with('\n') {
+            eprintln!();
+        }
+    }
+    if let Some(result) = &cell.result {
+        println!("Out[{n}]:\n{result}");
+    }
+    if let Some(submitted) = &cell.submitted {
+        println!("Submitted: {}", submitted.get("value").unwrap_or(submitted));
+    }
+    for hook in &cell.hooks {
+        println!("Hook: {hook}");
+    }
+    if cell.status != CellStatus::Ok {
+        let error = cell.error.as_ref();
+        let tb = error
+            .and_then(|e| e.get("traceback"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty());
+        match tb {
+            Some(tb) => eprintln!("{tb}"),
+            None => eprintln!(
+                "[{}] {}",
+                cell.status.as_str(),
+                error
+                    .and_then(|e| e.get("message"))
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+            ),
+        }
+    }
+    println!();
+}

@@ -1,0 +1,9 @@
+//! csv-agent: verified training data for data-analysis LLM agents, produced by
+//! running real pandas code inside a native Linux jail.
+//!
+//! Dependency direction: `cli → sandbox`; `sandbox` knows nothing of
+//! questions, teachers or LLMs.
+
+pub mod cli;
+pub mod config;
+pub mod sandbox;

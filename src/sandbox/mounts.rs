@@ -1,0 +1,443 @@
+//! The jail's filesystem: a fresh tmpfs root holding read-only binds of
+//! exactly what Python needs, the dataset read-only under `/data`, a
+//! size-capped `/tmp`, a small `/dev/shm`, a fresh `/proc` and a minimal
+//! `/dev`; then `pivot_root` into it and detach the host's tree.
+//!
+//! Runs in the jail init's child, inside the new user, mount and pid
+//! namespaces, single-threaded. A privileged caller clones each bind source's
+//! mount tree (`open_tree`) *before* the user namespace exists, while the init
+//! still has host credentials, and attaches the clones with `move_mount`
+//! afterwards: a source under a private directory (like `/root`) is reachable
+//! without granting the jail user any path through that directory. (A plain
+//! bind from an `O_PATH` descriptor would not do: a bind source must belong to
+//! the caller's mount namespace.)
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+/// Where the new root is assembled inside the private mount namespace. Mounting
+/// over the host's `/tmp` there does not touch the host: the namespace is
+/// private (propagation is cut first).
+const STAGING: &str = "/tmp";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bind {
+    /// Host path (opened before the namespaces exist).
+    pub source: PathBuf,
+    /// Path inside the jail.
+    pub target: PathBuf,
+    pub writable: bool,
+    /// Skip silently when the source does not exist on this host.
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JailFile {
+    pub path: PathBuf,
+    pub contents: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FsSpec {
+    pub binds: Vec<Bind>,
+    /// `(path in the jail, link target)`, e.g. `/lib` → `usr/lib` on merged-/usr hosts.
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    pub files: Vec<JailFile>,
+    pub tmp_size_bytes: u64,
+    pub shm_size_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot open bind source {path}: {source}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{action} {path} failed: {source}")]
+    Mount {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("creating {path} in the new root failed: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a bind source reaches the new root.
+#[derive(Debug)]
+pub enum Source {
+    /// A detached copy of the source's mount tree (`open_tree(OPEN_TREE_CLONE)`),
+    /// taken while the init still has its host credentials: attached later
+    /// with `move_mount`, it needs no path walk by the jail user.
+    Detached { tree: OwnedFd, is_dir: bool },
+    /// Bound by path after the namespaces exist: an unprivileged caller may
+    /// not clone mount trees, but then the jail user *is* the caller and walks
+    /// the same paths the caller could.
+    Path { path: PathBuf, is_dir: bool },
+    /// An optional source this host does not have.
+    Missing,
+}
+
+/// Prepare every bind source. Call before `unshare`.
+pub fn open_sources(binds: &[Bind]) -> Result<Vec<Source>, MountError> {
+    binds
+        .iter()
+        .map(|b| {
+            if !b.source.exists() {
+                return if b.optional {
+                    Ok(Source::Missing)
+                } else {
+                    Err(MountError::Source {
+                        path: b.source.clone(),
+                        source: nix::Error::ENOENT,
+                    })
+                };
+            }
+            // Decided now: after unshare the jail user may not even be able
+            // to stat the source, and move_mount needs a target of the same type.
+            let is_dir = b.source.is_dir();
+            match open_tree_clone(&b.source) {
+                Ok(tree) => Ok(Source::Detached { tree, is_dir }),
+                Err(nix::Error::EPERM) => Ok(Source::Path {
+                    path: b.source.clone(),
+                    is_dir,
+                }),
+                Err(source) => Err(MountError::Source {
+                    path: b.source.clone(),
+                    source,
+                }),
+            }
+        })
+        .collect()
+}
+
+fn cstring(path: &Path) -> Result<std::ffi::CString, nix::Error> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC)`.
+fn open_tree_clone(path: &Path) -> Result<OwnedFd, nix::Error> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let cpath = cstring(path)?;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `cpath` is a valid NUL-terminated path; the call returns a new
+    // descriptor or -1 and touches no other memory.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| nix::Error::EBADF)?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attach a detached mount tree at `target` (`move_mount` with an empty path).
+fn move_mount(fd: &OwnedFd, target: &Path) -> Result<(), nix::Error> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let empty = std::ffi::CString::default();
+    let ctarget = cstring(target)?;
+    // SAFETY: both strings are valid and NUL-terminated; `fd` is a live
+    // open_tree descriptor owned by the caller.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+fn staged(path: &Path) -> PathBuf {
+    Path::new(STAGING).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn mnt(
+    action: &'static str,
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    mount(source, target, fstype, flags, data).map_err(|source| MountError::Mount {
+        action,
+        path: target.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), MountError> {
+    fs::create_dir_all(path).map_err(|source| MountError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn touch(path: &Path) -> Result<(), MountError> {
+    if let Some(parent) = path.parent() {
+        mkdir(parent)?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(path)
+        .map(|_| ())
+        .map_err(|source| MountError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Mount attributes through `mount_setattr(2)`: unlike a `MS_REMOUNT`, it
+/// only *adds* flags, so the locked flags a user namespace inherits (nosuid,
+/// nodev from the host mount) never make it fail, and `AT_RECURSIVE` covers
+/// submounts of a recursive bind.
+fn set_attr(path: &Path, attr_set: u64, recursive: bool) -> Result<(), MountError> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let cpath = cstring(path).map_err(|source| MountError::Mount {
+        action: "setting attributes on",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let flags: libc::c_uint = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    // SAFETY: `cpath` is a valid NUL-terminated string and `attr` a properly
+    // laid out `struct mount_attr` that outlives the call; the size matches.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(MountError::Mount {
+            action: "setting attributes on",
+            path: path.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// Build the new root and pivot into it. On return the process sees only the
+/// jail's tree; the host's is detached.
+pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
+    let root = Path::new("/");
+    // Cut propagation both ways before anything is mounted, so nothing here
+    // ever shows up on the host and host mounts stop appearing in here.
+    mnt(
+        "making private",
+        None,
+        root,
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+
+    let staging = Path::new(STAGING);
+    mnt(
+        "mounting the root tmpfs on",
+        Some("tmpfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=16m,mode=0755"),
+    )?;
+
+    // /dev: a tiny tmpfs with bind-mounted device nodes (a user namespace may
+    // not mknod, and a tmpfs it mounts ignores device nodes anyway).
+    let dev = staged(Path::new("/dev"));
+    mkdir(&dev)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("size=64k,mode=0755"),
+    )?;
+
+    for (bind, source) in spec.binds.iter().zip(sources) {
+        let is_dir = match source {
+            Source::Missing => continue,
+            Source::Detached { is_dir, .. } | Source::Path { is_dir, .. } => *is_dir,
+        };
+        let target = staged(&bind.target);
+        if is_dir {
+            mkdir(&target)?;
+        } else {
+            touch(&target)?;
+        }
+        let attached = match source {
+            Source::Detached { tree, .. } => move_mount(tree, &target),
+            Source::Path { path, .. } => mount(
+                Some(path.as_path()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+            Source::Missing => Ok(()),
+        };
+        attached.map_err(|source| MountError::Mount {
+            action: "bind-mounting",
+            path: bind.source.clone(),
+            source,
+        })?;
+        let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        if !bind.writable {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        if bind.target.starts_with("/dev") {
+            // Device nodes need dev; they never need exec.
+            attrs = MOUNT_ATTR_NOSUID
+                | MOUNT_ATTR_NOEXEC
+                | if bind.writable { 0 } else { MOUNT_ATTR_RDONLY };
+        }
+        set_attr(&target, attrs, true)?;
+    }
+
+    for (path, target) in &spec.symlinks {
+        let link = staged(path);
+        if let Some(parent) = link.parent() {
+            mkdir(parent)?;
+        }
+        symlink(target, &link).map_err(|source| MountError::Create {
+            path: link.clone(),
+            source,
+        })?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let link = dev.join(name);
+        symlink(target, &link).map_err(|source| MountError::Create { path: link, source })?;
+    }
+
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(&format!("size={},mode=1777", spec.shm_size_bytes)),
+    )?;
+
+    let tmp = staged(Path::new("/tmp"));
+    mkdir(&tmp)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("size={},mode=1777", spec.tmp_size_bytes)),
+    )?;
+
+    // A fresh procfs: it shows only the jail's pid namespace.
+    let proc_dir = staged(Path::new("/proc"));
+    mkdir(&proc_dir)?;
+    mnt(
+        "mounting",
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+
+    for file in &spec.files {
+        let path = staged(&file.path);
+        if let Some(parent) = path.parent() {
+            mkdir(parent)?;
+        }
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&path)?;
+            f.write_all(file.contents.as_bytes())?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(file.mode))
+        };
+        write().map_err(|source| MountError::Create {
+            path: path.clone(),
+            source,
+        })?;
+    }
+
+    pivot(staging)?;
+
+    // The root itself becomes read-only; /tmp, /dev/shm and the device nodes
+    // are separate mounts and keep their own flags.
+    set_attr(
+        root,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        false,
+    )
+}
+
+/// `pivot_root(".", ".")` then detach the old root, as runc does: no directory
+/// for the old root is needed, and nothing of the host stays reachable.
+fn pivot(new_root: &Path) -> Result<(), MountError> {
+    let err = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MountError::Mount {
+            action,
+            path,
+            source,
+        }
+    };
+    nix::unistd::chdir(new_root).map_err(err("changing into", new_root))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", new_root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root at", new_root))?;
+    nix::unistd::chdir("/").map_err(err("changing into", Path::new("/")))
+}

@@ -1,0 +1,354 @@
+//! Starting a jail: the supervisor side of the re-exec.
+//!
+//! The supervisor never forks from its (multi-threaded, tokio) process. It
+//! spawns its own binary in init mode with a clean environment and two
+//! sockets in fixed places — the control socket for the zygote at fd 3 and the
+//! sync socket for the init at fd 4 — places the init in the zygote's cgroup,
+//! sends the [`JailSpec`], writes the uid/gid maps when the init has unshared,
+//! and waits for the init's report of the layers it applied.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::cgroup::Group;
+use super::init::INIT_ARG;
+use super::landlock::LandlockSpec;
+use super::layers::Layer;
+use super::mounts::FsSpec;
+use super::protocol::{decode, encode, FromInit, ProtocolError, ToInit, MAX_FRAME};
+use super::rlimits::RlimitSpec;
+
+/// Where the zygote finds its control socket.
+pub const CONTROL_FD: RawFd = 3;
+/// Where the init finds its sync socket.
+pub const SYNC_FD: RawFd = 4;
+
+/// Everything the init needs to build the jail: a declarative model, applied
+/// by the init, decided by the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JailSpec {
+    pub fs: FsSpec,
+    pub landlock: LandlockSpec,
+    pub rlimits: RlimitSpec,
+    pub hostname: String,
+    /// The zygote command line inside the jail (`argv[0]` is the path).
+    pub argv: Vec<String>,
+    /// The zygote's whole environment: nothing of the host's is passed.
+    pub env: Vec<(String, String)>,
+    pub allow_degraded: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start the jail init {program}: {source}")]
+    Exec {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the jail's sockets failed: {0}")]
+    Socket(#[source] nix::Error),
+    #[error("placing the jail in its cgroup failed: {0}")]
+    Cgroup(String),
+    #[error("writing the uid/gid maps of pid {pid} failed: {detail}")]
+    IdMap { pid: i32, detail: String },
+    #[error("jail setup failed at {step}: {error}")]
+    Init { step: String, error: String },
+    #[error("the jail init exited before finishing its setup ({status}){stderr}")]
+    Died { status: String, stderr: String },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("the jail init did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A started jail: the init (monitor) process and our end of the control socket.
+pub struct JailProcess {
+    pub child: tokio::process::Child,
+    pub control: OwnedFd,
+    /// Layers as the init applied them.
+    pub applied: Vec<Layer>,
+    /// Host pid of the init (monitor); the zygote is its only child.
+    pub init_pid: u32,
+    /// Our end of the sync socket; dropping it makes the monitor kill the jail.
+    pub sync: OwnedFd,
+}
+
+/// The host uid/gid that root inside the jail maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl JailIds {
+    /// Host root maps the jail to `nobody`; anyone else maps it to themselves
+    /// (the only mapping an unprivileged user may write).
+    pub fn default_for_caller() -> JailIds {
+        if nix::unistd::geteuid().is_root() {
+            JailIds {
+                uid: 65534,
+                gid: 65534,
+            }
+        } else {
+            JailIds {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            }
+        }
+    }
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(SpawnError::Socket)
+}
+
+/// Move `fd` to `target` in a freshly forked child (before exec). Only
+/// async-signal-safe calls: `dup2` and `fcntl`.
+fn place_fd(fd: RawFd, target: RawFd) -> std::io::Result<()> {
+    if fd == target {
+        // SAFETY: plain fcntl on a descriptor we own; async-signal-safe.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 is async-signal-safe; the new descriptor has no CLOEXEC.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+async fn read_init_frame(
+    stream: &mut tokio::net::UnixStream,
+) -> Result<Option<FromInit>, ProtocolError> {
+    let channel = "init";
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
+        Err(source) => return Err(ProtocolError::Io { channel, source }),
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge { channel, len });
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| ProtocolError::Truncated { channel })?;
+    decode(channel, &body).map(Some)
+}
+
+/// Write `/proc/<pid>/{setgroups,uid_map,gid_map}` so root in the jail is
+/// `ids` on the host. `setgroups` is denied first: required for an
+/// unprivileged writer, and it keeps the jail from ever changing groups.
+fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).map_err(|e| {
+            SpawnError::IdMap {
+                pid,
+                detail: format!("{file}: {e}"),
+            }
+        })
+    };
+    write("setgroups", "deny".to_string())?;
+    write("uid_map", format!("0 {} 1\n", ids.uid))?;
+    write("gid_map", format!("0 {} 1\n", ids.gid))?;
+    Ok(())
+}
+
+/// Start the init, build the jail and return once the init has reported the
+/// layers it applied and is about to exec the zygote.
+pub async fn launch(
+    program: &std::path::Path,
+    spec: &JailSpec,
+    group: Option<&Group>,
+    ids: JailIds,
+    setup_timeout: Duration,
+) -> Result<JailProcess, SpawnError> {
+    let (control_ours, control_theirs) = socketpair()?;
+    let (sync_ours, sync_theirs) = socketpair()?;
+    let control_raw = control_theirs.as_raw_fd();
+    let sync_raw = sync_theirs.as_raw_fd();
+
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg(INIT_ARG)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only calls dup2 and
+    // fcntl, which are async-signal-safe. The two sockets are moved to fixed
+    // numbers; the sync socket first in case its number is CONTROL_FD.
+    unsafe {
+        cmd.pre_exec(move || {
+            let sync_tmp = if sync_raw == CONTROL_FD {
+                let dup = libc::fcntl(sync_raw, libc::F_DUPFD_CLOEXEC, 10);
+                if dup < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                dup
+            } else {
+                sync_raw
+            };
+            let control_tmp = if control_raw == SYNC_FD {
+                let dup = libc::fcntl(control_raw, libc::F_DUPFD_CLOEXEC, 10);
+                if dup < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                dup
+            } else {
+                control_raw
+            };
+            place_fd(control_tmp, CONTROL_FD)?;
+            place_fd(sync_tmp, SYNC_FD)?;
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SpawnError::Exec {
+            program: program.to_path_buf(),
+            source,
+        })?;
+    drop(control_theirs);
+    drop(sync_theirs);
+    let init_pid = child.id().unwrap_or(0);
+
+    // Collect the init's (and later the zygote's) stderr for diagnostics.
+    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let sink = stderr_lines.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                super::log_line("jail", &line);
+                if let Ok(mut v) = sink.lock() {
+                    if v.len() < 200 {
+                        v.push(line);
+                    }
+                }
+            }
+        });
+    }
+
+    // The cgroup first: the init must be inside before it creates its cgroup
+    // namespace, so the namespace's root is the zygote's own group.
+    if let Some(group) = group {
+        group
+            .add(init_pid)
+            .map_err(|e| SpawnError::Cgroup(e.to_string()))?;
+    }
+
+    let std_sync = std::os::unix::net::UnixStream::from(sync_ours);
+    std_sync
+        .set_nonblocking(true)
+        .map_err(|source| ProtocolError::Io {
+            channel: "init",
+            source,
+        })?;
+    let mut sync =
+        tokio::net::UnixStream::from_std(std_sync).map_err(|source| ProtocolError::Io {
+            channel: "init",
+            source,
+        })?;
+    sync.write_all(&encode(&ToInit::Spec {
+        spec: Box::new(spec.clone()),
+    }))
+    .await
+    .map_err(|source| ProtocolError::Io {
+        channel: "init",
+        source,
+    })?;
+
+    let conversation = async {
+        let mut applied = None;
+        loop {
+            match read_init_frame(&mut sync).await? {
+                Some(FromInit::Unshared { pid }) => {
+                    let reply = match write_id_maps(pid, ids) {
+                        Ok(()) => ToInit::Mapped,
+                        Err(e) => ToInit::Abort {
+                            error: e.to_string(),
+                        },
+                    };
+                    sync.write_all(&encode(&reply))
+                        .await
+                        .map_err(|source| ProtocolError::Io {
+                            channel: "init",
+                            source,
+                        })?;
+                }
+                Some(FromInit::Applied { layers }) => {
+                    applied = Some(layers);
+                    break;
+                }
+                Some(FromInit::Failed { step, error }) => {
+                    return Err(SpawnError::Init { step, error });
+                }
+                None => break,
+            }
+        }
+        Ok::<_, SpawnError>(applied)
+    };
+    let applied = match tokio::time::timeout(setup_timeout, conversation).await {
+        Ok(Ok(Some(layers))) => layers,
+        Ok(Ok(None)) => {
+            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                _ => "still running".to_string(),
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stderr = stderr_lines
+                .lock()
+                .map(|v| v.join("\n"))
+                .unwrap_or_default();
+            return Err(SpawnError::Died {
+                status,
+                stderr: if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n{stderr}")
+                },
+            });
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(SpawnError::Timeout(setup_timeout)),
+    };
+    // The monitor kills the jail when this socket closes: it lives exactly
+    // as long as the JailProcess.
+    let sync = sync
+        .into_std()
+        .map(OwnedFd::from)
+        .map_err(|source| ProtocolError::Io {
+            channel: "init",
+            source,
+        })?;
+    Ok(JailProcess {
+        child,
+        control: control_ours,
+        applied,
+        init_pid,
+        sync,
+    })
+}
