@@ -240,7 +240,7 @@ def process_state(pid: int) -> Optional[dict[str, str]]:
     try:
         with open(f"/proc/{pid}/status") as status:
             return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or during the read
         return None
 
 
@@ -659,7 +659,9 @@ class ScopeTests(ZygoteTestCase):
         self.assertEqual(self.ok(sibling, "1")["result"], "1")
 
 
-class ShutdownTests(unittest.TestCase):
+class FreshZygoteTests(unittest.TestCase):
+    """Tests that end the zygote or need its control channel to themselves."""
+
     def setUp(self) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         self.addCleanup(self.tmp.cleanup)
@@ -684,6 +686,34 @@ class ShutdownTests(unittest.TestCase):
         self.assertIsNone(process_state(worker.pid))
         worker.close()
         self.zygote.log.close()
+
+    def test_forked_right_after_exited_keeps_its_socket(self) -> None:
+        # A fresh zygote: no other worker's exited can come in between.
+        # Regression guard for readers: queue an exited and then a forked
+        # message before reading. One recvmsg returns both frames plus the fd
+        # (the kernel stops after the message with SCM_RIGHTS), and the fd
+        # belongs to forked, the frame holding the chunk's last byte.
+        self.addCleanup(self.zygote.stop)
+        worker = self.zygote.fork()
+        worker.channel.send({"type": "exit"})
+        self.assertIsNone(worker.channel.read())
+        worker.close()
+        deadline = time.monotonic() + 10
+        while process_state(worker.pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the zygote has reaped it and queued exited
+        worker_id = self.zygote.next_worker_id
+        self.zygote.next_worker_id += 1
+        self.zygote.control.send({"type": "fork", "worker_id": worker_id, "limits": {}})
+        time.sleep(1.0)  # forked is queued behind exited
+        exited = self.zygote.read()
+        forked = self.zygote.read()
+        self.assertEqual((exited.message["type"], exited.fds), ("exited", []))
+        self.assertEqual(forked.message["type"], "forked")
+        self.assertEqual(len(forked.fds), 1)
+        fresh = WorkerClient(worker_id, forked.message["pid"], socket.socket(fileno=forked.fds[0]))
+        self.addCleanup(fresh.close)
+        self.assertEqual(fresh.run("1 + 1")["result"], "2")
 
     def test_bad_frame_exits_2(self) -> None:
         self.zygote.control.sock.sendall(HEADER.pack(5) + b"nope!")

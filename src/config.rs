@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub const ENV_CACHE_DIR: &str = "CSV_AGENT_CACHE_DIR";
 /// The interpreter the sandbox image is built from (default: `python3`).
 pub const ENV_PYTHON: &str = "CSV_AGENT_PYTHON";
+/// A ready image folder to use as is, instead of locating or building one.
+pub const ENV_IMAGE: &str = "CSV_AGENT_IMAGE";
 /// Log verbosity of the supervisor (`error`, `warn`, `info`, `debug`).
 pub const ENV_LOG: &str = "CSV_AGENT_LOG";
 
@@ -35,6 +37,11 @@ pub fn python() -> PathBuf {
     non_empty_env(ENV_PYTHON)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// `$CSV_AGENT_IMAGE`, when set.
+pub fn prebuilt_image() -> Option<PathBuf> {
+    non_empty_env(ENV_IMAGE).map(PathBuf::from)
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

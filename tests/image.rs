@@ -150,6 +150,7 @@ fn image_imports_as_nobody_from_a_world_readable_cache() {
     let spec = ImageSpec {
         python: ImageSpec::from_env().python,
         cache_dir: cache.path().to_path_buf(),
+        prebuilt: None,
     };
     let image = image::locate(&spec)
         .expect("locate")
@@ -162,6 +163,29 @@ fn image_imports_as_nobody_from_a_world_readable_cache() {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&image.python);
     run_import_check(nobody, &image);
+
+    // The same copy named directly, as CSV_AGENT_IMAGE would.
+    let spec = ImageSpec {
+        python: std::path::PathBuf::from("/nonexistent/python"),
+        cache_dir: std::path::PathBuf::from("/nonexistent"),
+        prebuilt: Some(copy.clone()),
+    };
+    let prebuilt = image::locate(&spec).expect("locate prebuilt").expect("ready");
+    assert_eq!(prebuilt.root, copy);
+    assert_eq!(prebuilt.key, built.key);
+}
+
+#[test]
+fn a_prebuilt_folder_that_is_not_an_image_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ImageSpec {
+        python: std::path::PathBuf::from("python3"),
+        cache_dir: dir.path().to_path_buf(),
+        prebuilt: Some(dir.path().to_path_buf()),
+    };
+    let err = image::locate(&spec).expect_err("not an image").to_string();
+    assert!(err.contains("CSV_AGENT_IMAGE"), "{err}");
+    assert!(err.contains("ready.json"), "{err}");
 }
 
 #[test]
@@ -170,6 +194,7 @@ fn locate_finds_nothing_in_an_empty_cache() {
     let spec = ImageSpec {
         python: ImageSpec::from_env().python,
         cache_dir: cache.path().to_path_buf(),
+        prebuilt: None,
     };
     assert!(image::locate(&spec).expect("locate").is_none());
 }

@@ -48,6 +48,10 @@ pub struct ImageSpec {
     pub python: PathBuf,
     /// The cache directory; images live in `<cache_dir>/images/`.
     pub cache_dir: PathBuf,
+    /// A ready image folder to use as is (`CSV_AGENT_IMAGE`): no interpreter
+    /// is asked and nothing is built. For hosts that receive a pre-built
+    /// image (restricted CI runners, read-only caches, other users).
+    pub prebuilt: Option<PathBuf>,
 }
 
 impl ImageSpec {
@@ -57,6 +61,7 @@ impl ImageSpec {
         ImageSpec {
             python: config::python(),
             cache_dir: config::cache_dir(),
+            prebuilt: config::prebuilt_image(),
         }
     }
 
@@ -99,6 +104,8 @@ impl ImageProgress for SilentProgress {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("CSV_AGENT_IMAGE={}: {reason}", path.display())]
+    Prebuilt { path: PathBuf, reason: String },
     #[error("interpreter `{}` not found: install python3 or set CSV_AGENT_PYTHON", python.display())]
     InterpreterNotFound { python: PathBuf },
 
@@ -194,6 +201,9 @@ pub fn image_key(requirements: &str, interpreter_version: &str) -> String {
 /// version (cached per process) to compute the key; `None` means it still has
 /// to be built (no image, or one whose build never reached `ready.json`).
 pub fn locate(spec: &ImageSpec) -> Result<Option<Image>, ImageError> {
+    if let Some(dir) = &spec.prebuilt {
+        return read_prebuilt(dir).map(Some);
+    }
     let interpreter = describe_interpreter(&spec.python)?;
     let key = image_key(REQUIREMENTS, &interpreter.key_material());
     Ok(read_ready(&spec.images_dir().join(&key), &key))
@@ -218,6 +228,12 @@ pub fn build(
     progress: &dyn ImageProgress,
     force: bool,
 ) -> Result<Image, ImageError> {
+    if let Some(dir) = &spec.prebuilt {
+        return Err(ImageError::Prebuilt {
+            path: dir.clone(),
+            reason: "it is used as is and never built; unset CSV_AGENT_IMAGE to build an image".to_string(),
+        });
+    }
     let interpreter = describe_interpreter(&spec.python)?;
     let key = image_key(REQUIREMENTS, &interpreter.key_material());
     let images = spec.images_dir();
@@ -736,6 +752,25 @@ fn write_ready(image: &Image, interpreter: &Interpreter) -> Result<(), ImageErro
 /// The image at `root` if its `ready.json` is there and names `key`. An
 /// unreadable or foreign `ready.json` counts as "not ready": the next build
 /// replaces the directory.
+/// A pre-built image named by `CSV_AGENT_IMAGE`: it must be ready and built
+/// from the requirements this binary embeds.
+fn read_prebuilt(dir: &Path) -> Result<Image, ImageError> {
+    let fail = |reason: String| ImageError::Prebuilt {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(dir.join(READY_FILE))
+        .map_err(|e| fail(format!("no readable {READY_FILE} ({e}): point it at a folder that `csv-agent image path` printed")))?;
+    let ready: Ready = serde_json::from_slice(&bytes).map_err(|e| fail(format!("{READY_FILE} is not valid: {e}")))?;
+    let wanted = hex::encode(Sha256::digest(REQUIREMENTS.as_bytes()).as_slice());
+    if ready.requirements_sha256 != wanted {
+        return Err(fail(
+            "it was built from other requirements than this csv-agent embeds; rebuild it with this version".to_string(),
+        ));
+    }
+    read_ready(dir, &ready.key).ok_or_else(|| fail("its interpreter is missing".to_string()))
+}
+
 fn read_ready(root: &Path, key: &str) -> Option<Image> {
     let bytes = fs::read(root.join(READY_FILE)).ok()?;
     let ready: Ready = serde_json::from_slice(&bytes).ok()?;

@@ -288,7 +288,11 @@ fn jail(
         Ok(never) => match never {},
         Err(e) => e,
     };
-    Err(fail("exec")(format!("execve {:?} failed: {err}", path)))
+    // The supervisor stopped listening on the sync socket after `applied`:
+    // say it on stderr too, which it keeps for its error message.
+    let message = format!("execve {path:?} failed: {err}");
+    eprintln!("csv-agent init: {message}");
+    Err(fail("exec")(message))
 }
 
 fn exec_args(spec: &JailSpec) -> Result<(CString, Vec<CString>, Vec<CString>), String> {

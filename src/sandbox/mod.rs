@@ -82,7 +82,7 @@ impl Default for Limits {
             shm_bytes: 64 << 20,
             fsize_bytes: 512 << 20,
             nofile: 1024,
-            nproc: 2048,
+            nproc: 512,
         }
     }
 }
@@ -872,10 +872,19 @@ async fn wait_ready(
             .into())
         }
         Err(ProtocolError::Unexpected { got, .. }) if got == "end of stream" => {
-            return Err(SandboxError::ZygoteGone(
-                "it exited during start-up; run with CSV_AGENT_LOG=debug to see its output"
-                    .to_string(),
-            ))
+            // Give the stderr reader a moment to collect the last words.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let tail = shared
+                .jail
+                .lock()
+                .ok()
+                .and_then(|j| j.as_ref().map(|j| j.stderr_tail.text()))
+                .unwrap_or_default();
+            return Err(SandboxError::ZygoteGone(if tail.is_empty() {
+                "it exited during start-up without a word".to_string()
+            } else {
+                format!("it exited during start-up:\n{tail}")
+            }));
         }
         Err(e) => return Err(e.into()),
     };

@@ -281,6 +281,27 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
         None,
     )?;
 
+    // Sources bound by path are opened now, in this mount namespace and
+    // before the staging tmpfs can shadow them (a source may live under /tmp);
+    // they are bound through /proc/self/fd below.
+    let mut by_path: Vec<Option<OwnedFd>> = Vec::with_capacity(sources.len());
+    for source in sources {
+        by_path.push(match source {
+            Source::Path { path, .. } => Some(
+                nix::fcntl::open(
+                    path.as_path(),
+                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|source| MountError::Source {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            _ => None,
+        });
+    }
+
     let staging = Path::new(STAGING);
     mnt(
         "mounting the root tmpfs on",
@@ -304,7 +325,44 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
         Some("size=64k,mode=0755"),
     )?;
 
-    for (bind, source) in spec.binds.iter().zip(sources) {
+    // The jail's own mounts come before the binds, so a bind whose target
+    // lies under one of them (an image kept under /tmp, say) lands inside it
+    // instead of being shadowed by it.
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(&format!("size={},mode=1777", spec.shm_size_bytes)),
+    )?;
+
+    let tmp = staged(Path::new("/tmp"));
+    mkdir(&tmp)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("size={},mode=1777", spec.tmp_size_bytes)),
+    )?;
+
+    // A fresh procfs: it shows only the jail's pid namespace.
+    let proc_dir = staged(Path::new("/proc"));
+    mkdir(&proc_dir)?;
+    mnt(
+        "mounting",
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+
+    for ((bind, source), path_fd) in spec.binds.iter().zip(sources).zip(&by_path) {
         let is_dir = match source {
             Source::Missing => continue,
             Source::Detached { is_dir, .. } | Source::Path { is_dir, .. } => *is_dir,
@@ -317,8 +375,11 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
         }
         let attached = match source {
             Source::Detached { tree, .. } => move_mount(tree, &target),
-            Source::Path { path, .. } => mount(
-                Some(path.as_path()),
+            Source::Path { .. } => mount(
+                path_fd
+                    .as_ref()
+                    .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
+                    .as_deref(),
                 &target,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -363,40 +424,6 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
         let link = dev.join(name);
         symlink(target, &link).map_err(|source| MountError::Create { path: link, source })?;
     }
-
-    let shm = dev.join("shm");
-    mkdir(&shm)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(&format!("size={},mode=1777", spec.shm_size_bytes)),
-    )?;
-
-    let tmp = staged(Path::new("/tmp"));
-    mkdir(&tmp)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("size={},mode=1777", spec.tmp_size_bytes)),
-    )?;
-
-    // A fresh procfs: it shows only the jail's pid namespace.
-    let proc_dir = staged(Path::new("/proc"));
-    mkdir(&proc_dir)?;
-    mnt(
-        "mounting",
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
 
     for file in &spec.files {
         let path = staged(&file.path);

@@ -119,7 +119,11 @@ pub struct FramedSocket {
     fd: AsyncFd<OwnedFd>,
     channel: &'static str,
     buf: Vec<u8>,
-    fds: VecDeque<OwnedFd>,
+    /// Stream offset of `buf[0]`.
+    buf_start: u64,
+    /// Descriptors not yet handed out, each with the stream offset just past
+    /// the read that delivered it.
+    fds: VecDeque<(u64, OwnedFd)>,
     sender_pid: Option<i32>,
     eof: bool,
 }
@@ -147,6 +151,7 @@ impl FramedSocket {
             fd,
             channel,
             buf: Vec::new(),
+            buf_start: 0,
             fds: VecDeque::new(),
             sender_pid: None,
             eof: false,
@@ -242,9 +247,21 @@ impl FramedSocket {
         }
         let body = self.buf[4..4 + len].to_vec();
         self.buf.drain(..4 + len);
+        let frame_end = self.buf_start + 4 + len as u64;
+        self.buf_start = frame_end;
+        // The kernel ends a read right after the message that carries
+        // descriptors, so they belong to the frame holding the last byte of
+        // that read: hand over every descriptor delivered at or before this
+        // frame's end (never those of a later frame read ahead).
+        let mut fds = Vec::new();
+        while self.fds.front().is_some_and(|(at, _)| *at <= frame_end) {
+            if let Some((_, fd)) = self.fds.pop_front() {
+                fds.push(fd);
+            }
+        }
         Ok(Some(Frame {
             body,
-            fds: self.fds.drain(..).collect(),
+            fds,
             sender_pid: self.sender_pid,
         }))
     }
@@ -262,7 +279,8 @@ impl FramedSocket {
                 guard.try_io(|inner| recv_with_ancillary(inner.get_ref().as_raw_fd(), &mut chunk));
             match result {
                 Ok(Ok((n, fds, pid))) => {
-                    self.fds.extend(fds);
+                    let read_end = self.buf_start + (self.buf.len() + n) as u64;
+                    self.fds.extend(fds.into_iter().map(|fd| (read_end, fd)));
                     if pid.is_some() {
                         self.sender_pid = pid;
                     }
@@ -535,5 +553,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Regression: one read returned an `exited` frame and then a `forked`
+    /// frame with its socket; the socket went to `exited` and was closed.
+    #[tokio::test]
+    async fn descriptors_go_to_the_frame_that_carried_them() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag, SockType};
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .expect("socketpair");
+        let exited = encode(&FromZygote::Exited { worker_id: 1, pid: 5, exit_code: Some(0), signal: None });
+        let forked = encode(&FromZygote::Forked { worker_id: 2, pid: 6 });
+        let (passed, _keep) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .expect("socketpair");
+        let raw = [passed.as_raw_fd()];
+        sendmsg::<()>(theirs.as_raw_fd(), &[std::io::IoSlice::new(&exited)], &[], MsgFlags::empty(), None)
+            .expect("send exited");
+        sendmsg::<()>(
+            theirs.as_raw_fd(),
+            &[std::io::IoSlice::new(&forked)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("send forked");
+        let mut sock = FramedSocket::new(ours, "test").expect("framed");
+        let first = sock.recv().await.expect("recv").expect("frame");
+        let second = sock.recv().await.expect("recv").expect("frame");
+        assert!(matches!(decode::<FromZygote>("test", &first.body), Ok(FromZygote::Exited { .. })));
+        assert!(first.fds.is_empty(), "exited must not take the socket");
+        assert!(matches!(decode::<FromZygote>("test", &second.body), Ok(FromZygote::Forked { .. })));
+        assert_eq!(second.fds.len(), 1);
     }
 }

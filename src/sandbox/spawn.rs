@@ -78,6 +78,33 @@ pub struct JailProcess {
     pub init_pid: u32,
     /// Our end of the sync socket; dropping it makes the monitor kill the jail.
     pub sync: OwnedFd,
+    /// The last lines the jail wrote to stderr (for error messages).
+    pub stderr_tail: StderrTail,
+}
+
+/// The last lines a jail wrote to its stderr.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl StderrTail {
+    const KEEP: usize = 40;
+
+    fn push(&self, line: String) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() == Self::KEEP {
+                v.pop_front();
+            }
+            v.push_back(line);
+        }
+    }
+
+    /// The kept lines, joined; empty when the jail said nothing.
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|v| v.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
 }
 
 /// The host uid/gid that root inside the jail maps to.
@@ -236,18 +263,14 @@ pub async fn launch(
     let init_pid = child.id().unwrap_or(0);
 
     // Collect the init's (and later the zygote's) stderr for diagnostics.
-    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr_tail = StderrTail::default();
     if let Some(stderr) = child.stderr.take() {
-        let sink = stderr_lines.clone();
+        let sink = stderr_tail.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 super::log_line("jail", &line);
-                if let Ok(mut v) = sink.lock() {
-                    if v.len() < 200 {
-                        v.push(line);
-                    }
-                }
+                sink.push(line);
             }
         });
     }
@@ -319,10 +342,7 @@ pub async fn launch(
                 _ => "still running".to_string(),
             };
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let stderr = stderr_lines
-                .lock()
-                .map(|v| v.join("\n"))
-                .unwrap_or_default();
+            let stderr = stderr_tail.text();
             return Err(SpawnError::Died {
                 status,
                 stderr: if stderr.is_empty() {
@@ -350,5 +370,6 @@ pub async fn launch(
         applied,
         init_pid,
         sync,
+        stderr_tail,
     })
 }

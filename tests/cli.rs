@@ -1,0 +1,180 @@
+//! The command-line contract, through the real binary: `doctor --json`,
+//! `sandbox exec` output shapes and exit codes (0 ok, 1 a cell failed, 2
+//! usage or set-up error).
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn csv_agent(args: &[&str]) -> Output {
+    // Make sure the image exists first (built once, shared with other tests).
+    let image = image();
+    Command::new(BIN)
+        .args(args)
+        .env("CSV_AGENT_PYTHON", image_python_hint())
+        .output()
+        .expect("the binary runs")
+        .tap(|_| drop(image))
+}
+
+/// The interpreter the tests' image was built from (the default `python3`).
+fn image_python_hint() -> String {
+    std::env::var("CSV_AGENT_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+trait Tap: Sized {
+    fn tap(self, f: impl FnOnce(&Self)) -> Self {
+        f(&self);
+        self
+    }
+}
+impl<T> Tap for T {}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn doctor_json_lists_every_layer_active_in_contract_order() {
+    let out = csv_agent(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let layers = v["layers"].as_array().expect("layers array");
+    let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, csv_agent::sandbox::LAYER_NAMES.to_vec());
+    for l in layers {
+        assert_eq!(l["status"], "active", "{l}");
+        assert!(l["detail"].as_str().is_some_and(|d| !d.is_empty()), "{l}");
+    }
+}
+
+#[test]
+fn exec_json_prints_one_object_per_cell_with_the_contract_keys() {
+    let csv = penguins();
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
+        "--code", "x = len(df)", "--code", "print('n', x)\nx",
+        "--code", "submit(x, unit='rows')",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is json"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        let mut keys: Vec<&String> = l.as_object().expect("object").keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["elapsed_ms", "error", "hooks", "result", "status", "stderr", "stdout", "submitted"]
+        );
+        assert_eq!(l["status"], "ok");
+    }
+    assert_eq!(lines[1]["stdout"], "n 344\n");
+    assert_eq!(lines[1]["result"], "344");
+    assert_eq!(lines[2]["submitted"]["value"], 344);
+    assert_eq!(lines[2]["submitted"]["meta"]["unit"], "rows");
+}
+
+#[test]
+fn a_failing_cell_exits_1_and_later_cells_still_run() {
+    let csv = penguins();
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
+        "--code", "df['no_such_column']", "--code", "2 + 2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines[0]["status"], "error");
+    assert_eq!(lines[0]["error"]["type"], "KeyError");
+    assert_eq!(lines[1]["result"], "4");
+}
+
+#[test]
+fn a_timeout_exits_1_with_status_timeout() {
+    let csv = penguins();
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
+        "--timeout", "2", "--code", "import time\ntime.sleep(30)",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(line["status"], "timeout");
+}
+
+#[test]
+fn notebook_output_shows_inputs_and_outputs() {
+    let csv = penguins();
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(),
+        "--code", "df.species.nunique()",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("In [1]:"), "{text}");
+    assert!(text.contains("Out[1]:\n3"), "{text}");
+}
+
+#[test]
+fn a_script_file_runs_as_the_last_cell() {
+    let dir = world_readable_dir();
+    let script = dir.path().join("s.py");
+    std::fs::write(&script, "total = int(df.body_mass_g.sum())\nprint(total > 0)\n").expect("write");
+    let csv = penguins();
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
+        "--code", "pass", "--file", script.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).lines().nth(1).is_some_and(|l| l.contains("True")));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
+    let csv = penguins();
+    let csv = csv.to_str().unwrap_or_default();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["sandbox", "exec", "--csv", csv], "--code"),
+        (vec!["sandbox", "exec", "--csv", "/no/such.csv", "--code", "1"], "no such file"),
+        (vec!["sandbox", "exec", "--csv", csv, "--code", "1", "--memory", "lots"], "512M"),
+        (vec!["sandbox", "exec", "--csv", csv, "--code", "1", "--timeout=0"], "--timeout"),
+        (vec!["sandbox", "exec", "--csv", csv, "--file", "/no/such.py"], "/no/such.py"),
+        (vec!["sandbox", "exec", "--bogus"], "--bogus"),
+        (vec!["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let out = csv_agent(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_file_pandas_cannot_read_is_a_clear_setup_error() {
+    let dir = world_readable_dir();
+    let empty = write_csv(dir.path(), "empty.csv", "");
+    let out = csv_agent(&[
+        "sandbox", "exec", "--csv", empty.to_str().unwrap_or_default(), "--code", "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("could not load the dataset"), "{}", stderr(&out));
+}
+
+#[test]
+fn image_path_prints_the_ready_image() {
+    let out = csv_agent(&["image", "path"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = std::path::PathBuf::from(stdout(&out).trim());
+    assert!(path.join("ready.json").is_file(), "{}", path.display());
+    assert_eq!(path, image().root);
+}

@@ -1,0 +1,281 @@
+//! Restricted hosts: the jail run by an unprivileged user (uid 65534, through
+//! `setpriv`) with unprivileged user namespaces and no delegated cgroup. The
+//! tool must say that `cgroup_limits` is unavailable, refuse to run code
+//! without `--allow-degraded`, and with it run the core cases with every other
+//! layer holding and the rlimit fallback in place.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::*;
+use csv_agent::sandbox::image;
+
+/// A world-readable copy of the image (hard links where possible) and a
+/// dataset, in a directory uid 65534 can reach.
+struct Setup {
+    image: PathBuf,
+    csv: PathBuf,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let built = image();
+        // Under cargo's target tmpdir (not /tmp, and not a TempDir: a static
+        // is never dropped), recreated on each run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unprivileged");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the shared dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let copy = dir.join("image");
+        let linked = Command::new("cp")
+            .arg("-al")
+            .arg(&built.root)
+            .arg(&copy)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !linked {
+            let _ = std::fs::remove_dir_all(&copy);
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(&built.root)
+                .arg(&copy)
+                .status()
+                .expect("cp -a");
+            assert!(ok.success(), "copying the image failed");
+        }
+        image::relocate(&copy, &built.root, &copy).expect("relocate the image copy");
+        let csv = dir.join("penguins.csv");
+        std::fs::copy(penguins(), &csv).expect("copy csv");
+        std::fs::set_permissions(&csv, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Setup {
+            image: copy,
+            csv,
+        }
+    })
+}
+
+/// Run the real binary as uid/gid 65534 with an empty environment.
+fn as_nobody(args: &[&str]) -> Output {
+    let s = setup();
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i"])
+        .arg("PATH=/usr/bin:/bin")
+        .arg(format!("CSV_AGENT_IMAGE={}", s.image.display()))
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("setpriv runs")
+}
+
+fn exec_json(cells: &[&str], extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let s = setup();
+    let csv = s.csv.display().to_string();
+    let mut args = vec!["sandbox", "exec", "--csv", csv.as_str(), "--json", "--allow-degraded"];
+    args.extend_from_slice(extra);
+    for c in cells {
+        args.push("--code");
+        args.push(c);
+    }
+    let out = as_nobody(&args);
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    (out.status.code(), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn dir_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("/"))
+}
+
+#[test]
+fn doctor_as_nobody_reports_cgroups_unavailable_and_everything_else_active() {
+    let out = as_nobody(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for layer in v["layers"].as_array().expect("layers") {
+        if layer["name"] == "cgroup_limits" {
+            assert_eq!(layer["status"], "unavailable", "{layer}");
+            let detail = layer["detail"].as_str().unwrap_or("");
+            assert!(detail.contains("fallback"), "{detail}");
+            assert!(detail.contains("65534"), "{detail}");
+        } else {
+            assert_eq!(layer["status"], "active", "{layer}");
+        }
+    }
+}
+
+#[test]
+fn without_allow_degraded_nobody_is_refused_with_the_reason() {
+    let s = setup();
+    let csv = s.csv.display().to_string();
+    let out = as_nobody(&["sandbox", "exec", "--csv", &csv, "--code", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cgroup_limits"), "{err}");
+    assert!(err.contains("--allow-degraded"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn with_allow_degraded_nobody_runs_pandas_and_is_told_what_is_missing() {
+    let (code, cells, err) = exec_json(
+        &["df.groupby('species').size().to_dict()", "open('/proc/self/uid_map').read().split()"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(cells[0]["result"], "{'Adelie': 152, 'Chinstrap': 68, 'Gentoo': 124}");
+    assert_eq!(cells[1]["result"], "['0', '65534', '1']");
+    assert!(err.contains("cgroup_limits"), "{err}");
+}
+
+#[test]
+fn nobody_jail_keeps_seccomp_nnp_caps_and_landlock() {
+    let (code, cells, err) = exec_json(
+        &[r#"
+st = dict(l.split(':', 1) for l in open('/proc/self/status'))
+print(st['Seccomp'].strip(), st['NoNewPrivs'].strip(), st['CapEff'].strip(), st['CapBnd'].strip())
+try:
+    open('/landlock-canary').read()
+    print('canary readable')
+except PermissionError:
+    print('canary denied')
+"#],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        cells[0]["stdout"],
+        "2 1 0000000000000000 0000000000000000\ncanary denied\n"
+    );
+}
+
+#[test]
+fn nobody_cannot_read_host_files() {
+    let s = setup();
+    let secret = format!("secret-{}", std::process::id());
+    let planted = dir_of(&s.csv).join("planted.txt");
+    std::fs::write(&planted, &secret).expect("plant");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let code = format!(
+        r#"
+import os
+for p in [{planted:?}, '/etc/shadow', '/root/.bashrc', {manifest:?}]:
+    print(p, os.path.exists(p))
+"#,
+        planted = planted.display().to_string(),
+        manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+    );
+    let (status, cells, err) = exec_json(&[&code], &[]);
+    assert_eq!(status, Some(0), "{err}");
+    let out = cells[0]["stdout"].as_str().unwrap_or("");
+    assert_eq!(out.matches(" False").count(), 4, "{out}");
+    assert!(!out.contains(&secret) && !err.contains(&secret));
+}
+
+#[test]
+fn nobody_cannot_write_outside_tmp() {
+    let s = setup();
+    let target = dir_of(&s.csv).join("escaped.txt");
+    let code = format!(
+        r#"
+import os
+res = []
+for p in ['/escaped', '/data/escaped', {target:?}, {image:?} + '/escaped']:
+    try:
+        open(p, 'w').write('x')
+        res.append('written')
+    except OSError as e:
+        res.append(type(e).__name__)
+open('/tmp/ok', 'w').write('fine')
+print(res, open('/tmp/ok').read())
+"#,
+        target = target.display().to_string(),
+        image = s.image.display().to_string(),
+    );
+    let (status, cells, err) = exec_json(&[&code], &[]);
+    assert_eq!(status, Some(0), "{err}");
+    let out = cells[0]["stdout"].as_str().unwrap_or("");
+    assert!(!out.contains("written"), "{out}");
+    assert!(out.ends_with("fine\n"), "{out}");
+    assert!(!target.exists());
+    assert!(!s.image.join("escaped").exists());
+}
+
+#[test]
+fn nobody_has_no_network() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let code = format!(
+        r#"
+import socket
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=2)
+    print('connected')
+except OSError as e:
+    print('refused', e.errno)
+"#
+    );
+    let (status, cells, err) = exec_json(&[&code], &[]);
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(cells[0]["stdout"], "refused 1\n");
+    assert!(listener.accept().is_err(), "the host listener saw a connection");
+}
+
+#[test]
+fn nobody_worker_cannot_kill_the_zygote_or_unshare() {
+    let (status, cells, err) = exec_json(
+        &[
+            r#"
+import os, ctypes
+try:
+    os.kill(1, 9)
+    print('killed')
+except PermissionError:
+    print('kill denied')
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.unshare(0x10000000)
+print(r, ctypes.get_errno())
+"#,
+            "len(df)",
+        ],
+        &[],
+    );
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(cells[0]["stdout"], "kill denied\n-1 1\n");
+    assert_eq!(cells[1]["result"], "344");
+}
+
+#[test]
+fn nobody_memory_bomb_hits_the_rlimit_fallback_and_the_task_goes_on() {
+    let (status, cells, err) = exec_json(
+        &["import numpy as np\nblob = np.ones(200_000_000)", "1 + 1"],
+        &["--memory", "256M"],
+    );
+    assert_eq!(status, Some(1), "{err}");
+    assert_eq!(cells[0]["status"], "error");
+    assert_eq!(cells[0]["error"]["type"], "MemoryError", "{}", cells[0]);
+    assert_eq!(cells[1]["result"], "2");
+}
+
+#[test]
+fn nobody_fork_bomb_is_contained_and_the_sandbox_recovers() {
+    let (status, cells, err) = exec_json(
+        &[
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+            "len(df)",
+        ],
+        &["--timeout", "5"],
+    );
+    assert_eq!(status, Some(1), "{err}");
+    assert_eq!(cells[0]["status"], "timeout", "{}", cells[0]);
+    assert_eq!(cells[1]["result"], "344");
+}
