@@ -393,8 +393,10 @@ def configure_environment(threads: int) -> None:
     """Set before the data stack is imported: BLAS/OpenMP read these once."""
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
-    os.environ["HOME"] = "/tmp"
-    os.environ["TMPDIR"] = "/tmp"
+    # The supervisor sets both (the jail's /tmp, or a private work directory
+    # when the host has no user namespaces); /tmp only if it did not.
+    os.environ.setdefault("HOME", "/tmp")
+    os.environ.setdefault("TMPDIR", "/tmp")
     os.environ["MPLBACKEND"] = "Agg"
     # joblib/loky: nothing to set. It sizes its pool from os.cpu_count(),
     # affinity and the cgroup quota, and keeps its semaphores in /dev/shm.

@@ -279,3 +279,105 @@ fn nobody_fork_bomb_is_contained_and_the_sandbox_recovers() {
     assert_eq!(cells[0]["status"], "timeout", "{}", cells[0]);
     assert_eq!(cells[1]["result"], "344");
 }
+
+/// Run the binary as uid 65534 inside a user namespace whose
+/// `user.max_user_namespaces` is 0: a host where the jail cannot create its
+/// user namespace (the sysctl is per user namespace, so the host is untouched).
+fn as_nobody_without_user_namespaces(args: &[&str]) -> Output {
+    let s = setup();
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "sh", "-c"])
+        .arg("echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"")
+        .args(["sh", "env", "-i", "PATH=/usr/bin:/bin"])
+        .arg(format!("CSV_AGENT_IMAGE={}", s.image.display()))
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("setpriv + unshare run")
+}
+
+#[test]
+fn without_user_namespaces_code_is_refused_unless_degraded_is_allowed() {
+    let s = setup();
+    let csv = s.csv.display().to_string();
+    let out = as_nobody_without_user_namespaces(&["sandbox", "exec", "--csv", &csv, "--code", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("user_namespace"), "{err}");
+    assert!(err.contains("max_user_namespaces is 0"), "{err}");
+    assert!(err.contains("--allow-degraded"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn without_user_namespaces_degraded_mode_still_confines_with_landlock_and_seccomp() {
+    let s = setup();
+    let csv = s.csv.display().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let code = format!(
+        r#"
+import os, socket
+out = [len(df)]
+for p in ['/etc/passwd', {manifest:?}, {image_ready:?}]:
+    try:
+        open(p).read()
+        out.append('read')
+    except OSError as e:
+        out.append(type(e).__name__)
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=2)
+    out.append('connected')
+except OSError as e:
+    out.append(e.errno)
+try:
+    os.kill(1, 0)
+    out.append('signalled init')
+except OSError as e:
+    out.append(type(e).__name__)
+open(os.path.join(os.environ['TMPDIR'], 'scratch'), 'w').write('ok')
+print(out)
+"#,
+        manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        image_ready = s.image.join("ready.json").display().to_string(),
+    );
+    let out = as_nobody_without_user_namespaces(&[
+        "sandbox", "exec", "--csv", &csv, "--json", "--allow-degraded", "--code", &code,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("user_namespace, pid_namespace"), "{err}");
+    assert!(err.contains("filesystem unavailable"), "{err}");
+    let line: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one json line");
+    // Readable by unix permissions, refused by Landlock; the image may be read
+    // (it is where Python lives); no network; no signal outside the domain.
+    assert_eq!(
+        line["stdout"],
+        "[344, 'PermissionError', 'PermissionError', 'read', 1, 'PermissionError']\n",
+        "{line}"
+    );
+    assert!(listener.accept().is_err(), "the host listener saw a connection");
+}
+
+#[test]
+fn without_user_namespaces_doctor_says_which_layers_hold() {
+    let out = as_nobody_without_user_namespaces(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let status = |name: &str| {
+        v["layers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == name))
+            .map(|x| x["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    for name in ["user_namespace", "pid_namespace", "mount_namespace", "network_namespace", "filesystem", "cgroup_limits"] {
+        assert_eq!(status(name), "unavailable", "{name}: {v}");
+    }
+    for name in ["landlock", "capabilities", "no_new_privs", "seccomp", "rlimits"] {
+        assert_eq!(status(name), "active", "{name}: {v}");
+    }
+}

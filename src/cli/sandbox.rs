@@ -92,14 +92,7 @@ async fn exec(args: ExecArgs) -> Result<i32> {
     opts.limits.memory_bytes = memory;
     opts.spare_workers = 0;
     let sandbox = Sandbox::start(opts).await?;
-    for layer in sandbox.report().degraded() {
-        eprintln!(
-            "csv-agent: warn: running with {} {}: {}",
-            layer.name,
-            layer.status.as_str(),
-            layer.detail
-        );
-    }
+    warn_degraded(sandbox.report());
 
     let mut task = sandbox.task();
     let mut all_ok = true;
@@ -126,6 +119,25 @@ async fn exec(args: ExecArgs) -> Result<i32> {
     } else {
         super::EXIT_FAILED
     })
+}
+
+/// One warning per distinct reason, naming every layer it covers.
+fn warn_degraded(report: &crate::sandbox::IsolationReport) {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for layer in report.degraded() {
+        let key = format!("{}: {}", layer.status.as_str(), layer.detail);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(&layer.name),
+            None => groups.push((key, vec![&layer.name])),
+        }
+    }
+    for (reason, names) in groups {
+        eprintln!(
+            "csv-agent: warn: running with {} {}",
+            names.join(", "),
+            reason
+        );
+    }
 }
 
 fn print_json(cell: &CellResult) -> Result<()> {

@@ -18,16 +18,36 @@ pub enum CapsError {
 /// Clear every set: bounding first (so `execve` as uid 0 cannot refill the
 /// permitted set from it), then ambient, inheritable, effective and permitted.
 /// Effective and permitted go last because dropping the bounding set itself
-/// needs `CAP_SETPCAP`.
-pub fn drop_all() -> Result<(), CapsError> {
+/// needs `CAP_SETPCAP`. A process that never had capabilities (a jail run
+/// without a user namespace by an ordinary user) cannot clear its bounding
+/// set; with empty permitted sets and `no_new_privs` it is inert, and the
+/// returned detail says so.
+pub fn drop_all() -> Result<String, CapsError> {
     let empty = CapsHashSet::new();
-    for set in [CapSet::Bounding, CapSet::Ambient, CapSet::Inheritable] {
+    let bounding = clear(CapSet::Bounding, &empty);
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
         clear(set, &empty)?;
     }
-    for set in [CapSet::Effective, CapSet::Permitted] {
-        clear(set, &empty)?;
+    match bounding {
+        Ok(()) => Ok("all sets empty".to_string()),
+        Err(e) => {
+            let permitted =
+                caps::read(None, CapSet::Permitted).map_err(|source| CapsError::Clear {
+                    set: CapSet::Permitted,
+                    source,
+                })?;
+            if permitted.is_empty() {
+                Ok("effective, permitted, inheritable and ambient empty; the bounding set could not be cleared without CAP_SETPCAP and is inert under no_new_privs".to_string())
+            } else {
+                Err(e)
+            }
+        }
     }
-    Ok(())
 }
 
 fn clear(set: CapSet, empty: &CapsHashSet) -> Result<(), CapsError> {

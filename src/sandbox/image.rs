@@ -231,7 +231,8 @@ pub fn build(
     if let Some(dir) = &spec.prebuilt {
         return Err(ImageError::Prebuilt {
             path: dir.clone(),
-            reason: "it is used as is and never built; unset CSV_AGENT_IMAGE to build an image".to_string(),
+            reason: "it is used as is and never built; unset CSV_AGENT_IMAGE to build an image"
+                .to_string(),
         });
     }
     let interpreter = describe_interpreter(&spec.python)?;
@@ -761,7 +762,8 @@ fn read_prebuilt(dir: &Path) -> Result<Image, ImageError> {
     };
     let bytes = fs::read(dir.join(READY_FILE))
         .map_err(|e| fail(format!("no readable {READY_FILE} ({e}): point it at a folder that `csv-agent image path` printed")))?;
-    let ready: Ready = serde_json::from_slice(&bytes).map_err(|e| fail(format!("{READY_FILE} is not valid: {e}")))?;
+    let ready: Ready = serde_json::from_slice(&bytes)
+        .map_err(|e| fail(format!("{READY_FILE} is not valid: {e}")))?;
     let wanted = hex::encode(Sha256::digest(REQUIREMENTS.as_bytes()).as_slice());
     if ready.requirements_sha256 != wanted {
         return Err(fail(

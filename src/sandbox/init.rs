@@ -21,7 +21,7 @@ use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 
 use super::layers::Layer;
 use super::protocol::{read_frame_blocking, write_frame_blocking, FromInit, ToInit};
-use super::spawn::{JailSpec, CONTROL_FD, SYNC_FD};
+use super::spawn::{JailSpec, UnconfinedSpec, CONTROL_FD, SYNC_FD};
 use super::{caps, landlock, mounts, rlimits, seccomp};
 
 /// First argument that turns the binary into the jail init.
@@ -90,8 +90,14 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
 
     // 1. Host root keeps supplementary groups (gid 0 among them) across
     //    unshare; they would still open group-readable files on the host.
+    //    (Root of a user namespace whose setgroups is denied cannot, and
+    //    need not: its groups were fixed by whoever made that namespace.)
     if Uid::effective().is_root() {
-        nix::unistd::setgroups(&[]).map_err(|e| fail("groups")(e.to_string()))?;
+        match nix::unistd::setgroups(&[]) {
+            Ok(()) => {}
+            Err(nix::Error::EPERM) if !in_initial_user_namespace() => {}
+            Err(e) => return Err(fail("groups")(e.to_string())),
+        }
     }
 
     // 2. Open bind sources while we still have the caller's host credentials.
@@ -101,16 +107,47 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
     // 3. New namespaces. The caller (supervisor) writes our uid/gid maps: only
     //    a process in the parent namespace may map us to an unprivileged host
     //    uid other than our own.
-    unshare(namespace_flags()).map_err(|e| {
-        fail("namespaces")(format!(
+    if let Err(e) = unshare(namespace_flags()) {
+        let reason = format!(
             "unshare(user, mount, pid, net, ipc, uts, cgroup) failed: {e}{}",
             if e == nix::Error::EPERM || e == nix::Error::ENOSPC {
                 " (user namespaces are disabled or exhausted on this host: check sysctl user.max_user_namespaces and kernel.apparmor_restrict_unprivileged_userns)"
             } else {
                 ""
             }
-        ))
-    })?;
+        );
+        let Some(u) = &spec.unconfined else {
+            return Err(fail("namespaces")(format!(
+                "{reason}; pass --allow-degraded to run without namespaces"
+            )));
+        };
+        drop(sources);
+        write_frame_blocking(sync, CHANNEL, &FromInit::Unconfined { reason })
+            .map_err(|e| fail("namespaces")(e.to_string()))?;
+        // SAFETY: single-threaded process, as for the jail's fork below.
+        return match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                let code = match unconfined(sync, spec, u) {
+                    Ok(never) => match never {},
+                    Err(f) => {
+                        let _ = write_frame_blocking(
+                            sync,
+                            CHANNEL,
+                            &FromInit::Failed {
+                                step: f.step.to_string(),
+                                error: f.error,
+                            },
+                        );
+                        2
+                    }
+                };
+                // SAFETY: as for the jail child below.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { child }) => Ok(watch(sync, child)),
+            Err(e) => Err(fail("exec")(format!("fork failed: {e}"))),
+        };
+    }
     write_frame_blocking(
         sync,
         CHANNEL,
@@ -165,6 +202,14 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
             "fork into the new pid namespace failed: {e}"
         ))),
     }
+}
+
+/// Whether we run in the host's user namespace (its uid_map is the identity
+/// over the whole range).
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
 }
 
 /// The monitor's loop: exit with the jail's status, or kill the jail when the
@@ -232,12 +277,55 @@ fn jail(
     // UTS: a hostname that says nothing about the host.
     nix::unistd::sethostname(&spec.hostname).map_err(|e| fail("uts_namespace")(e.to_string()))?;
 
+    lock_down(
+        sync,
+        layers,
+        spec,
+        &spec.landlock,
+        &spec.argv,
+        &spec.env,
+        programs,
+    )
+}
+
+/// Without a user namespace (only with --allow-degraded): no new root, no
+/// namespaces; the host filesystem stays, and Landlock limits it to the image,
+/// the system libraries, the dataset and a private work directory.
+fn unconfined(
+    sync: &mut UnixStream,
+    spec: &JailSpec,
+    u: &UnconfinedSpec,
+) -> Result<Never, Failure> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| fail("pdeathsig")(e.to_string()))?;
+    let _ = nix::unistd::setsid();
+    let programs = seccomp::compile().map_err(|e| fail("seccomp")(e.to_string()));
+    nix::unistd::chdir(&u.workdir)
+        .map_err(|e| fail("filesystem")(format!("cannot enter {}: {e}", u.workdir.display())))?;
+    let layers = vec![Layer::unavailable(
+        "filesystem",
+        "no mount namespace: the host filesystem is visible, limited by Landlock to the image, the system libraries, the dataset and a private work directory",
+    )];
+    lock_down(sync, layers, spec, &u.landlock, &u.argv, &u.env, programs)
+}
+
+/// The layers every jail gets, in the order the kernel needs, then `execve`:
+/// rlimits, Landlock, capabilities, no_new_privs, seccomp.
+fn lock_down(
+    sync: &mut UnixStream,
+    mut layers: Vec<Layer>,
+    spec: &JailSpec,
+    landlock_spec: &landlock::LandlockSpec,
+    argv: &[String],
+    env: &[(String, String)],
+    programs: Result<Vec<(&'static str, seccompiler::BpfProgram)>, Failure>,
+) -> Result<Never, Failure> {
     // rlimits before the capabilities go (raising hard limits needs CAP_SYS_RESOURCE).
     let detail = rlimits::apply(&spec.rlimits).map_err(|e| fail("rlimits")(e.to_string()))?;
     layers.push(Layer::active("rlimits", detail));
 
     // Landlock: path rules for everything exec'd from here on.
-    match landlock::apply(&spec.landlock) {
+    match landlock::apply(landlock_spec) {
         Ok(abi) => layers.push(Layer::active(
             "landlock",
             format!("ABI {abi}; signal and abstract-socket scoping"),
@@ -251,14 +339,14 @@ fn jail(
     }
 
     // Capabilities: nothing left, not even in the bounding set.
-    caps::drop_all().map_err(|e| fail("capabilities")(e.to_string()))?;
-    layers.push(Layer::active("capabilities", "all sets empty"));
+    let detail = caps::drop_all().map_err(|e| fail("capabilities")(e.to_string()))?;
+    layers.push(Layer::active("capabilities", detail));
 
     caps::set_no_new_privs().map_err(|e| fail("no_new_privs")(e.to_string()))?;
     layers.push(Layer::active("no_new_privs", "PR_SET_NO_NEW_PRIVS set"));
 
     // Build exec arguments before seccomp (no allocation surprises after it).
-    let (path, argv, envp) = exec_args(spec).map_err(fail("exec"))?;
+    let (path, argv, envp) = exec_args(argv, env).map_err(fail("exec"))?;
 
     // seccomp last: every earlier step needed calls the filter forbids.
     let seccomp_layer = match programs
@@ -295,16 +383,13 @@ fn jail(
     Err(fail("exec")(message))
 }
 
-fn exec_args(spec: &JailSpec) -> Result<(CString, Vec<CString>, Vec<CString>), String> {
+type ExecArgs = (CString, Vec<CString>, Vec<CString>);
+
+fn exec_args(argv: &[String], env: &[(String, String)]) -> Result<ExecArgs, String> {
     let c = |s: &str| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
-    let path = c(&spec.argv.first().cloned().unwrap_or_default())?;
-    let argv = spec
-        .argv
-        .iter()
-        .map(|a| c(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = spec
-        .env
+    let path = c(&argv.first().cloned().unwrap_or_default())?;
+    let argv = argv.iter().map(|a| c(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = env
         .iter()
         .map(|(k, v)| c(&format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;

@@ -14,7 +14,7 @@ use super::{Sandbox, SandboxError};
 /// covers: reading it fails only while Landlock is enforced.
 pub const LANDLOCK_CANARY: &str = "/landlock-canary";
 
-/// Runs inside a worker and prints one JSON object.
+/// Runs inside a worker and prints one JSON object (after `CANARY = <path>`).
 const PROBE: &str = r#"
 import json, os, socket, resource
 def _status():
@@ -43,7 +43,7 @@ with open('/proc/self/mountinfo') as f:
 _out["root_mount"] = [m for m in _mounts if m[4] == '/'][-1:]
 _out["mount_points"] = [m[4] for m in _mounts]
 try:
-    with open('/landlock-canary') as f:
+    with open(CANARY) as f:
         f.read()
     _out["landlock_canary"] = "readable"
 except OSError as e:
@@ -83,7 +83,8 @@ fn host_ns(pid: &str, name: &str) -> String {
 /// Run the probe in a fresh worker of `sandbox` and judge every layer.
 pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError> {
     let mut worker = sandbox.acquire().await?;
-    let cell = worker.exec(PROBE).await?;
+    let probe_code = format!("CANARY = {:?}\n{PROBE}", sandbox.landlock_canary());
+    let cell = worker.exec(&probe_code).await?;
     let text = cell.stdout.trim().to_string();
     let probe: Probe = serde_json::from_str(&text).map_err(|e| SandboxError::Worker {
         worker_id: worker.id,
@@ -313,9 +314,10 @@ pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError>
         Some(l) if l.status == LayerStatus::Active && in_worker_group => report.set(Layer::active(
             "cgroup_limits",
             format!(
-                "{}; worker in {}",
+                "{}; worker in csv-agent/{}/worker-{}",
                 l.detail,
-                format!("csv-agent/{}/worker-{}", sandbox.id(), worker.id)
+                sandbox.id(),
+                worker.id
             ),
         )),
         Some(l) if l.status == LayerStatus::Active => report.set(Layer::unavailable(

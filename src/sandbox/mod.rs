@@ -356,6 +356,8 @@ struct Shared {
     closed: AtomicBool,
     zygote_group: Option<cgroup::Group>,
     jail: Mutex<Option<spawn::JailProcess>>,
+    /// The private work directory of a jail without namespaces.
+    workdir: Option<PathBuf>,
 }
 
 /// One jailed zygote with its dataset loaded. Cheap to clone (shared handle).
@@ -457,6 +459,92 @@ fn system_binds_and_links() -> (Vec<mounts::Bind>, Vec<(PathBuf, PathBuf)>, Vec<
     (binds, links, lib_paths)
 }
 
+/// The zygote's configuration (its only argument).
+fn zygote_config(csv_path: &str, limits: &Limits) -> serde_json::Value {
+    serde_json::json!({
+        "csv": csv_path,
+        "control_fd": spawn::CONTROL_FD,
+        "max_output": limits.max_output_bytes,
+        "worker_scope": true,
+        "threads": 1,
+    })
+}
+
+/// A private (0700) work directory for a jail without namespaces, and next
+/// to it the Landlock canary (outside every rule).
+fn unconfined_workdir(id: &str) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("csv-agent-jail-{id}"));
+    let io = |what: String| move |source| SandboxError::Io { what, source };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(format!("creating the work directory {}", dir.display())))?;
+    let canary = PathBuf::from(format!("{}.canary", dir.display()));
+    std::fs::write(&canary, "landlock canary\n")
+        .map_err(io(format!("writing {}", canary.display())))?;
+    Ok(dir)
+}
+
+fn remove_workdir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(format!("{}.canary", dir.display()));
+}
+
+/// The host-path variant of `spec`: the same zygote, its files in `workdir`,
+/// Landlock limiting the host filesystem to what the zygote needs.
+fn unconfined_spec(
+    spec: &spawn::JailSpec,
+    workdir: &Path,
+    csv: &Path,
+    limits: &Limits,
+    lib_paths: Vec<PathBuf>,
+) -> Result<spawn::UnconfinedSpec, SandboxError> {
+    let zygote = workdir.join("zygote.py");
+    std::fs::write(&zygote, ZYGOTE_PY).map_err(|source| SandboxError::Io {
+        what: format!("writing {}", zygote.display()),
+        source,
+    })?;
+    let image_root = spec.landlock.read_exec.first().cloned().unwrap_or_default();
+    let mut read_exec = vec![image_root];
+    read_exec.extend(lib_paths);
+    let workdir_text = workdir.display().to_string();
+    let env = spec
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "HOME" | "TMPDIR" => (k.clone(), workdir_text.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let mut argv = spec.argv.clone();
+    if let Some(script) = argv.iter_mut().find(|a| a.as_str() == "/sandbox/zygote.py") {
+        *script = zygote.display().to_string();
+    }
+    if let Some(config) = argv.last_mut() {
+        *config = zygote_config(&csv.display().to_string(), limits).to_string();
+    }
+    Ok(spawn::UnconfinedSpec {
+        workdir: workdir.to_path_buf(),
+        landlock: landlock::LandlockSpec {
+            read_exec,
+            read: vec![
+                csv.to_path_buf(),
+                PathBuf::from("/proc"),
+                PathBuf::from("/dev/urandom"),
+                PathBuf::from("/dev/random"),
+            ],
+            read_write: vec![
+                workdir.to_path_buf(),
+                PathBuf::from("/dev/null"),
+                PathBuf::from("/dev/zero"),
+            ],
+        },
+        argv,
+        env,
+    })
+}
+
 impl Sandbox {
     /// Build the jail, start the zygote, load the CSV. Fails (listing the
     /// missing layers) when a layer is unavailable and degraded mode is off.
@@ -525,10 +613,13 @@ impl Sandbox {
             }
         };
         if !opts.allow_degraded && zygote_group.is_none() {
-            report.normalize_partial();
-            return Err(SandboxError::Degraded(
-                report.degraded().into_iter().cloned().collect(),
-            ));
+            // Refused before any jail exists: name what is known to be
+            // missing, not every layer that was never measured.
+            let mut missing: Vec<Layer> = report.degraded().into_iter().cloned().collect();
+            if let Some(reason) = user_namespaces_disabled() {
+                missing.insert(0, Layer::unavailable("user_namespace", reason));
+            }
+            return Err(SandboxError::Degraded(missing));
         }
 
         let csv_name = jail_file_name(&csv);
@@ -589,6 +680,7 @@ impl Sandbox {
                 mode: 0o444,
             },
         ];
+        let lib_paths_for_fallback = lib_paths.clone();
         let mut read_exec = vec![opts.image.root.clone()];
         read_exec.extend(lib_paths);
         let landlock_spec = landlock::LandlockSpec {
@@ -608,13 +700,7 @@ impl Sandbox {
                 PathBuf::from("/dev/zero"),
             ],
         };
-        let zygote_config = serde_json::json!({
-            "csv": csv_in_jail,
-            "control_fd": spawn::CONTROL_FD,
-            "max_output": limits.max_output_bytes,
-            "worker_scope": true,
-            "threads": 1,
-        });
+        let zygote_config = zygote_config(&csv_in_jail, &limits);
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("HOME".into(), "/tmp".into()),
@@ -647,6 +733,24 @@ impl Sandbox {
             ],
             env,
             allow_degraded: opts.allow_degraded,
+            unconfined: None,
+        };
+        let mut spec = spec;
+        // Without --allow-degraded a host without user namespaces is refused;
+        // with it, the init may fall back to running on the host filesystem
+        // under Landlock, in a private work directory.
+        let workdir = if opts.allow_degraded {
+            let dir = unconfined_workdir(&id)?;
+            spec.unconfined = Some(unconfined_spec(
+                &spec,
+                &dir,
+                &csv,
+                &limits,
+                lib_paths_for_fallback.clone(),
+            )?);
+            Some(dir)
+        } else {
+            None
         };
 
         let jail = match spawn::launch(
@@ -664,12 +768,43 @@ impl Sandbox {
                     g.remove();
                     cgroup::remove_parent(&cgroup::sandbox_parent_path(&id));
                 }
+                if let Some(dir) = &workdir {
+                    remove_workdir(dir);
+                }
                 return Err(e.into());
             }
         };
         for layer in &jail.applied {
             report.set(layer.clone());
         }
+        let csv_in_jail = match &jail.unconfined {
+            Some(reason) => {
+                for ns in [
+                    "user_namespace",
+                    "pid_namespace",
+                    "mount_namespace",
+                    "network_namespace",
+                    "ipc_namespace",
+                    "uts_namespace",
+                    "cgroup_namespace",
+                ] {
+                    report.set(Layer::unavailable(ns, reason.clone()));
+                }
+                csv.display().to_string()
+            }
+            None => {
+                // Not needed: the jail has its own root.
+                if let Some(dir) = &workdir {
+                    remove_workdir(dir);
+                }
+                csv_in_jail
+            }
+        };
+        let workdir = if jail.unconfined.is_some() {
+            workdir
+        } else {
+            None
+        };
         // The init got this far only because unshare() of all of these
         // succeeded; `measure` confirms them from inside and outside.
         for ns in [
@@ -730,6 +865,7 @@ impl Sandbox {
             closed: AtomicBool::new(false),
             zygote_group,
             jail: Mutex::new(Some(jail)),
+            workdir,
         });
 
         let ready = match wait_ready(control_rx, &shared, opts.startup_timeout).await {
@@ -762,6 +898,15 @@ impl Sandbox {
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
     }
+    /// A file readable by its mode bits that no Landlock rule covers: reading
+    /// it from a worker fails only while Landlock is enforced.
+    pub fn landlock_canary(&self) -> String {
+        match &self.shared.workdir {
+            Some(dir) => format!("{}.canary", dir.display()),
+            None => measure::LANDLOCK_CANARY.to_string(),
+        }
+    }
+
     pub fn csv_path_in_jail(&self) -> &str {
         &self.csv_in_jail
     }
@@ -840,11 +985,23 @@ impl Sandbox {
     }
 }
 
-impl IsolationReport {
-    /// Like `normalize`, but for a report cut short before the jail existed.
-    fn normalize_partial(&mut self) {
-        self.normalize();
+/// Why user namespaces cannot be created here, when the host says so plainly
+/// (the jail init finds out for certain; this is for early messages).
+fn user_namespaces_disabled() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0 on this host".to_string());
     }
+    if !nix::unistd::geteuid().is_root()
+        && read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Some("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)".to_string());
+    }
+    None
 }
 
 async fn wait_ready(
@@ -888,6 +1045,14 @@ async fn wait_ready(
         }
         Err(e) => return Err(e.into()),
     };
+    if ready.version != protocol::PROTOCOL_VERSION {
+        return Err(ProtocolError::Unexpected {
+            channel: "control",
+            expected: "protocol version 1 (the zygote does not match this binary)",
+            got: format!("version {}", ready.version),
+        }
+        .into());
+    }
     let reader_shared = Arc::downgrade(shared);
     tokio::spawn(control_reader(control_rx, reader_shared));
     Ok(ready)
@@ -1038,6 +1203,15 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     let mut socket = FramedSocket::new(fd, "worker")?;
     let hello = tokio::time::timeout(FORK_TIMEOUT, socket.recv_msg::<FromWorker>("hello")).await;
     let (scope, host_pid) = match hello {
+        Ok(Ok((FromWorker::Hello { version, .. }, _))) if version != protocol::PROTOCOL_VERSION => {
+            cleanup(&group);
+            return Err(ProtocolError::Unexpected {
+                channel: "worker",
+                expected: "a hello of protocol version 1",
+                got: format!("version {version}"),
+            }
+            .into());
+        }
         Ok(Ok((FromWorker::Hello { scope, pid, .. }, frame))) => {
             let host_pid = frame
                 .sender_pid
@@ -1136,6 +1310,9 @@ async fn shutdown_shared(shared: &Arc<Shared>) {
         g.remove();
     }
     cgroup::remove_parent(&cgroup::sandbox_parent_path(&shared.id));
+    if let Some(dir) = &shared.workdir {
+        remove_workdir(dir);
+    }
 }
 
 impl Drop for Shared {
@@ -1150,6 +1327,9 @@ impl Drop for Shared {
             g.remove();
         }
         cgroup::remove_parent(&cgroup::sandbox_parent_path(&self.id));
+        if let Some(dir) = &self.workdir {
+            remove_workdir(dir);
+        }
     }
 }
 

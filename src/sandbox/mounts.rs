@@ -133,7 +133,8 @@ fn cstring(path: &Path) -> Result<std::ffi::CString, nix::Error> {
 fn open_tree_clone(path: &Path) -> Result<OwnedFd, nix::Error> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     let cpath = cstring(path)?;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
     // SAFETY: `cpath` is a valid NUL-terminated path; the call returns a new
     // descriptor or -1 and touches no other memory.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };

@@ -360,6 +360,9 @@ pub enum ToInit {
 pub enum FromInit {
     /// New namespaces exist; write the id maps of this pid.
     Unshared { pid: i32 },
+    /// No user namespace could be made; running without namespaces (only
+    /// when the spec allows it). No id maps to write.
+    Unconfined { reason: String },
     /// Every layer as the init applied it, sent just before `execve`.
     Applied { layers: Vec<super::layers::Layer> },
     /// Setting up the jail failed at `step`.
@@ -559,16 +562,42 @@ mod tests {
     /// frame with its socket; the socket went to `exited` and was closed.
     #[tokio::test]
     async fn descriptors_go_to_the_frame_that_carried_them() {
-        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag, SockType};
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .expect("socketpair");
-        let exited = encode(&FromZygote::Exited { worker_id: 1, pid: 5, exit_code: Some(0), signal: None });
-        let forked = encode(&FromZygote::Forked { worker_id: 2, pid: 6 });
-        let (passed, _keep) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .expect("socketpair");
+        use nix::sys::socket::{
+            sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag, SockType,
+        };
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let exited = encode(&FromZygote::Exited {
+            worker_id: 1,
+            pid: 5,
+            exit_code: Some(0),
+            signal: None,
+        });
+        let forked = encode(&FromZygote::Forked {
+            worker_id: 2,
+            pid: 6,
+        });
+        let (passed, _keep) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
         let raw = [passed.as_raw_fd()];
-        sendmsg::<()>(theirs.as_raw_fd(), &[std::io::IoSlice::new(&exited)], &[], MsgFlags::empty(), None)
-            .expect("send exited");
+        sendmsg::<()>(
+            theirs.as_raw_fd(),
+            &[std::io::IoSlice::new(&exited)],
+            &[],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("send exited");
         sendmsg::<()>(
             theirs.as_raw_fd(),
             &[std::io::IoSlice::new(&forked)],
@@ -580,9 +609,15 @@ mod tests {
         let mut sock = FramedSocket::new(ours, "test").expect("framed");
         let first = sock.recv().await.expect("recv").expect("frame");
         let second = sock.recv().await.expect("recv").expect("frame");
-        assert!(matches!(decode::<FromZygote>("test", &first.body), Ok(FromZygote::Exited { .. })));
+        assert!(matches!(
+            decode::<FromZygote>("test", &first.body),
+            Ok(FromZygote::Exited { .. })
+        ));
         assert!(first.fds.is_empty(), "exited must not take the socket");
-        assert!(matches!(decode::<FromZygote>("test", &second.body), Ok(FromZygote::Forked { .. })));
+        assert!(matches!(
+            decode::<FromZygote>("test", &second.body),
+            Ok(FromZygote::Forked { .. })
+        ));
         assert_eq!(second.fds.len(), 1);
     }
 }

@@ -42,6 +42,19 @@ pub struct JailSpec {
     /// The zygote's whole environment: nothing of the host's is passed.
     pub env: Vec<(String, String)>,
     pub allow_degraded: bool,
+    /// How to run when no user namespace can be made; `None` refuses
+    /// (set only with `--allow-degraded`).
+    pub unconfined: Option<UnconfinedSpec>,
+}
+
+/// The host-path variant of the jail, for hosts without user namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnconfinedSpec {
+    /// Private, writable working directory (also HOME and TMPDIR).
+    pub workdir: PathBuf,
+    pub landlock: LandlockSpec,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +91,8 @@ pub struct JailProcess {
     pub init_pid: u32,
     /// Our end of the sync socket; dropping it makes the monitor kill the jail.
     pub sync: OwnedFd,
+    /// Why the jail runs without namespaces, when it does.
+    pub unconfined: Option<String>,
     /// The last lines the jail wrote to stderr (for error messages).
     pub stderr_tail: StderrTail,
 }
@@ -306,8 +321,10 @@ pub async fn launch(
 
     let conversation = async {
         let mut applied = None;
+        let mut unconfined = None;
         loop {
             match read_init_frame(&mut sync).await? {
+                Some(FromInit::Unconfined { reason }) => unconfined = Some(reason),
                 Some(FromInit::Unshared { pid }) => {
                     let reply = match write_id_maps(pid, ids) {
                         Ok(()) => ToInit::Mapped,
@@ -332,10 +349,10 @@ pub async fn launch(
                 None => break,
             }
         }
-        Ok::<_, SpawnError>(applied)
+        Ok::<_, SpawnError>(applied.map(|a| (a, unconfined)))
     };
-    let applied = match tokio::time::timeout(setup_timeout, conversation).await {
-        Ok(Ok(Some(layers))) => layers,
+    let (applied, unconfined) = match tokio::time::timeout(setup_timeout, conversation).await {
+        Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => {
             let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
                 Ok(Ok(s)) => s.to_string(),
@@ -370,6 +387,7 @@ pub async fn launch(
         applied,
         init_pid,
         sync,
+        unconfined,
         stderr_tail,
     })
 }
