@@ -317,10 +317,28 @@ fn without_user_namespaces_degraded_mode_still_confines_with_landlock_and_seccom
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();
+    // A host unix socket anyone may connect to: reachable by path here, since
+    // there is no mount namespace; seccomp must refuse the connect.
+    let sock_path = dir_of(&s.csv).join(format!("host-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock_path);
+    let unix = std::os::unix::net::UnixListener::bind(&sock_path).expect("bind unix");
+    unix.set_nonblocking(true).expect("nonblocking");
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let code = format!(
         r#"
 import os, socket
 out = [len(df)]
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    u.connect({sock:?})
+    out.append('unix connected')
+except OSError as e:
+    out.append(e.errno)
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    out.append('dgram')
+except OSError as e:
+    out.append(e.errno)
 for p in ['/etc/passwd', {manifest:?}, {image_ready:?}]:
     try:
         open(p).read()
@@ -342,6 +360,7 @@ print(out)
 "#,
         manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
         image_ready = s.image.join("ready.json").display().to_string(),
+        sock = sock_path.display().to_string(),
     );
     let out = as_nobody_without_user_namespaces(&[
         "sandbox", "exec", "--csv", &csv, "--json", "--allow-degraded", "--code", &code,
@@ -356,10 +375,12 @@ print(out)
     // (it is where Python lives); no network; no signal outside the domain.
     assert_eq!(
         line["stdout"],
-        "[344, 'PermissionError', 'PermissionError', 'read', 1, 'PermissionError']\n",
+        "[344, 1, 1, 'PermissionError', 'PermissionError', 'read', 1, 'PermissionError']\n",
         "{line}"
     );
     assert!(listener.accept().is_err(), "the host listener saw a connection");
+    assert!(unix.accept().is_err(), "the host unix socket saw a connection");
+    let _ = std::fs::remove_file(&sock_path);
 }
 
 #[test]

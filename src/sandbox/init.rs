@@ -268,7 +268,8 @@ fn jail(
 
     // Compile the seccomp policy early: a broken policy should fail before any
     // mount is made, and compiling allocates, which is best done unrestricted.
-    let programs = seccomp::compile().map_err(|e| fail("seccomp")(e.to_string()));
+    let programs =
+        seccomp::compile(seccomp::JAIL_FILTERS).map_err(|e| fail("seccomp")(e.to_string()));
 
     // Filesystem: new root, binds, pivot_root.
     mounts::build_root(&spec.fs, sources).map_err(|e| fail("filesystem")(e.to_string()))?;
@@ -299,7 +300,8 @@ fn unconfined(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| fail("pdeathsig")(e.to_string()))?;
     let _ = nix::unistd::setsid();
-    let programs = seccomp::compile().map_err(|e| fail("seccomp")(e.to_string()));
+    let programs =
+        seccomp::compile(seccomp::UNCONFINED_FILTERS).map_err(|e| fail("seccomp")(e.to_string()));
     nix::unistd::chdir(&u.workdir)
         .map_err(|e| fail("filesystem")(format!("cannot enter {}: {e}", u.workdir.display())))?;
     let layers = vec![Layer::unavailable(

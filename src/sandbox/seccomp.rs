@@ -17,10 +17,14 @@ use seccompiler::{BpfProgram, TargetArch};
 /// The policy text, as shipped.
 pub const POLICY_JSON: &str = include_str!("seccomp.json");
 
-/// Install order: the allow-list first, then the clone3 answer. The kernel runs
-/// every installed filter and keeps the strictest verdict, so the order does not
-/// change the outcome; it only keeps the listing in `/proc` predictable.
-const FILTER_ORDER: [&str; 2] = ["jail", "clone3_enosys"];
+/// Filters of a jail, in install order: the allow-list, then the clone3
+/// answer. The kernel runs every installed filter and keeps the strictest
+/// verdict, so the order does not change the outcome; it only keeps the
+/// listing predictable.
+pub const JAIL_FILTERS: &[&str] = &["jail", "clone3_enosys"];
+/// A jail without namespaces (degraded mode) also refuses `connect` and
+/// non-stream sockets: there, host unix sockets are reachable by path.
+pub const UNCONFINED_FILTERS: &[&str] = &["jail", "clone3_enosys", "unconfined"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -48,13 +52,15 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
-/// Compile the embedded policy into BPF programs, in install order.
-pub fn compile() -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
+/// Compile the embedded policy's named filters into BPF programs, in order.
+pub fn compile(
+    names: &[&'static str],
+) -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
     let arch = target_arch()?;
     let mut map: HashMap<String, BpfProgram> =
         seccompiler::compile_from_json(POLICY_JSON.as_bytes(), arch)
             .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    FILTER_ORDER
+    names
         .iter()
         .map(|name| {
             map.remove(*name)
@@ -127,8 +133,8 @@ mod tests {
 
     #[test]
     fn policy_compiles_for_this_arch() {
-        let progs = compile().expect("policy compiles");
-        assert_eq!(progs.len(), 2);
+        let progs = compile(UNCONFINED_FILTERS).expect("policy compiles");
+        assert_eq!(progs.len(), 3);
         assert!(progs.iter().all(|(_, p)| !p.is_empty()));
     }
 
