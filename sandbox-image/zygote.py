@@ -38,8 +38,10 @@ import math
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
+import stat as stat_module
 import struct
 import sys
 import tempfile
@@ -356,6 +358,12 @@ class Config:
     control_fd: int = 3
     max_output: int = 65536
     worker_scope: bool = False
+    # Give each worker its own scratch directory <TMPDIR>/task-<id>, and keep
+    # the rest of TMPDIR out of its Landlock domain (needs worker_scope).
+    private_tmp: bool = False
+    # What the worker's domain allows (all access rights, still bounded by the
+    # jail's own domain): the jail's Landlock paths minus the scratch root.
+    worker_paths: tuple[str, ...] = ()
     threads: int = 1
 
 
@@ -376,8 +384,14 @@ def parse_config(argv: list[str]) -> Config:
         control_fd=raw.get("control_fd", 3),
         max_output=raw.get("max_output", 65536),
         worker_scope=raw.get("worker_scope", False),
+        private_tmp=raw.get("private_tmp", False),
+        worker_paths=tuple(raw.get("worker_paths", ())),
         threads=raw.get("threads", 1),
     )
+    if not isinstance(config.private_tmp, bool):
+        raise ValueError(f"config \"private_tmp\" must be a boolean, got {config.private_tmp!r}")
+    if not all(isinstance(p, str) and p.startswith("/") for p in config.worker_paths):
+        raise ValueError("config \"worker_paths\" must be a list of absolute paths")
     for name in ("control_fd", "max_output", "threads"):
         number = getattr(config, name)
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
@@ -536,6 +550,8 @@ class Zygote:
         self.config = config
         self.control = control
         self.namespace_seed = namespace_seed
+        # Per-task scratch directories live here (TMPDIR as the supervisor set it).
+        self.scratch_root = os.environ.get("TMPDIR", "/tmp")
         self.workers: dict[int, int] = {}  # pid -> worker_id
         self.terminate_requested = False
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -674,6 +690,10 @@ class Zygote:
             worker_id = self.workers.pop(pid, None)
             if worker_id is None:
                 continue  # an orphan reparented to us (we are PID 1 / subreaper)
+            if self.config.private_tmp:
+                # The task is over: its scratch files must not fill /tmp for
+                # the tasks that come after it.
+                shutil.rmtree(task_scratch_dir(self.scratch_root, worker_id), ignore_errors=True)
             code = os.waitstatus_to_exitcode(status)
             self.send(
                 {
@@ -763,11 +783,57 @@ class _LandlockRulesetAttr(ctypes.Structure):
     ]
 
 
-def apply_landlock_scope() -> dict[str, Any]:
-    """Enter a fresh Landlock domain that handles no access but scopes signals
-    and abstract unix sockets: the worker can then signal only itself and its
-    descendants, never the zygote or a sibling worker. Landlock also forbids
-    ptrace-style access (/proc/<pid>/mem) across domains.
+class _LandlockPathBeneathAttr(ctypes.Structure):
+    # struct landlock_path_beneath_attr is packed: u64 + s32 = 12 bytes.
+    _pack_ = 1
+    _fields_ = [
+        ("allowed_access", ctypes.c_uint64),
+        ("parent_fd", ctypes.c_int32),
+    ]
+
+
+SYS_LANDLOCK_ADD_RULE = 445
+LANDLOCK_RULE_PATH_BENEATH = 1
+# Rights that apply to files (the rest only make sense on directories).
+LANDLOCK_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+
+
+def landlock_fs_rights(abi: int) -> int:
+    """Every filesystem right the kernel's ABI knows (linux/landlock.h)."""
+    rights = (1 << 13) - 1  # ABI 1: EXECUTE .. MAKE_SYM
+    if abi >= 2:
+        rights |= 1 << 13  # REFER
+    if abi >= 3:
+        rights |= 1 << 14  # TRUNCATE
+    if abi >= 5:
+        rights |= 1 << 15  # IOCTL_DEV
+    return rights
+
+
+def task_scratch_dir(scratch_root: str, worker_id: int) -> str:
+    return os.path.join(scratch_root, f"task-{worker_id}")
+
+
+def enter_private_scratch(directory: str) -> None:
+    """Create the task's scratch directory and make it HOME, TMPDIR and the
+    working directory, before the worker's domain hides the rest."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = directory
+    os.environ["HOME"] = directory
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    os.chdir(directory)
+
+
+def apply_landlock_scope(allowed_paths: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Enter a fresh Landlock domain that scopes signals and abstract unix
+    sockets: the worker can then signal only itself and its descendants, never
+    the zygote or a sibling worker. Landlock also forbids ptrace-style access
+    (/proc/<pid>/mem) across domains.
+
+    With `allowed_paths` the domain also handles every filesystem right and
+    allows them only beneath those paths (the jail's own domain still bounds
+    them): that is how a worker loses sight of its siblings' scratch
+    directories.
     """
     libc = _libc()
     abi = libc.syscall(
@@ -791,7 +857,8 @@ def apply_landlock_scope() -> dict[str, Any]:
         prctl(PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
         return {"applied": False, "abi": abi, "error": str(exc)}
-    attr = _LandlockRulesetAttr(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+    handled_fs = landlock_fs_rights(abi) if allowed_paths is not None else 0
+    attr = _LandlockRulesetAttr(handled_fs, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
     ruleset_fd = libc.syscall(
         ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
         ctypes.byref(attr),
@@ -802,6 +869,27 @@ def apply_landlock_scope() -> dict[str, Any]:
         error = ctypes.get_errno()
         return {"applied": False, "abi": abi, "error": f"landlock_create_ruleset: {os.strerror(error)} (errno {error})"}
     try:
+        for path in allowed_paths or ():
+            try:
+                path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # an optional path this host does not have
+            try:
+                is_dir = stat_module.S_ISDIR(os.fstat(path_fd).st_mode)
+                rights = handled_fs if is_dir else handled_fs & LANDLOCK_FILE_RIGHTS
+                rule = _LandlockPathBeneathAttr(rights, path_fd)
+                added = libc.syscall(
+                    ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+                    ctypes.c_int(ruleset_fd),
+                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+                if added < 0:
+                    error = ctypes.get_errno()
+                    return {"applied": False, "abi": abi, "error": f"landlock_add_rule({path}): {os.strerror(error)} (errno {error})"}
+            finally:
+                os.close(path_fd)
         result = libc.syscall(
             ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)
         )
@@ -1204,7 +1292,14 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
     os.setpgid(0, 0)
     # 4. rlimits, then the per-worker Landlock domain.
     limits_report = apply_limits(limits)
-    if zygote.config.worker_scope:
+    if zygote.config.worker_scope and zygote.config.private_tmp:
+        scratch = task_scratch_dir(zygote.scratch_root, worker_id)
+        try:
+            enter_private_scratch(scratch)
+            scope = apply_landlock_scope(zygote.config.worker_paths + (scratch,))
+        except OSError as exc:
+            scope = {"applied": False, "abi": None, "error": f"private scratch directory {scratch}: {exc}"}
+    elif zygote.config.worker_scope:
         scope = apply_landlock_scope()
     else:
         scope = {"applied": False, "abi": None, "error": None}

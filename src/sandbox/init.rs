@@ -53,6 +53,12 @@ fn fail(step: &'static str) -> impl FnOnce(String) -> Failure {
 
 /// Entry point of the init mode; returns the process exit status.
 pub fn main() -> i32 {
+    // Whatever the supervisor's own caller left open without close-on-exec
+    // was inherited through the exec; nothing of it may reach the jail.
+    if let Err(e) = close_inherited_descriptors() {
+        eprintln!("csv-agent init: closing inherited descriptors failed: {e}");
+        return 2;
+    }
     // SAFETY: the supervisor placed the sync socket at SYNC_FD before exec and
     // nothing else in this fresh process owns it.
     let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
@@ -202,6 +208,36 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
             "fork into the new pid namespace failed: {e}"
         ))),
     }
+}
+
+/// Close every descriptor above the sync socket (0-2 are /dev/null and the
+/// log pipe, 3 the control socket, 4 the sync socket).
+fn close_inherited_descriptors() -> std::io::Result<()> {
+    let first = (SYNC_FD + 1) as libc::c_uint;
+    // SAFETY: close_range only closes descriptors of this process; none above
+    // SYNC_FD is owned by anything in this freshly executed program.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: walk /proc/self/fd.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > SYNC_FD)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; a descriptor already closed (the directory's own)
+        // just returns EBADF.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
 }
 
 /// Whether we run in the host's user namespace (its uid_map is the identity

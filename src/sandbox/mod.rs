@@ -459,13 +459,31 @@ fn system_binds_and_links() -> (Vec<mounts::Bind>, Vec<(PathBuf, PathBuf)>, Vec<
     (binds, links, lib_paths)
 }
 
-/// The zygote's configuration (its only argument).
-fn zygote_config(csv_path: &str, limits: &Limits) -> serde_json::Value {
+/// The zygote's configuration (its only argument). `worker_paths` is what a
+/// worker's own Landlock domain keeps: everything the jail's domain allows
+/// except the shared scratch root (`scratch`), of which each worker gets only
+/// its own `task-<id>` directory.
+fn zygote_config(
+    csv_path: &str,
+    limits: &Limits,
+    jail_rules: &landlock::LandlockSpec,
+    scratch: &Path,
+) -> serde_json::Value {
+    let worker_paths: Vec<String> = jail_rules
+        .read_exec
+        .iter()
+        .chain(&jail_rules.read)
+        .chain(&jail_rules.read_write)
+        .filter(|p| p.as_path() != scratch)
+        .map(|p| p.display().to_string())
+        .collect();
     serde_json::json!({
         "csv": csv_path,
         "control_fd": spawn::CONTROL_FD,
         "max_output": limits.max_output_bytes,
         "worker_scope": true,
+        "private_tmp": true,
+        "worker_paths": worker_paths,
         "threads": 1,
     })
 }
@@ -517,29 +535,30 @@ fn unconfined_spec(
             _ => (k.clone(), v.clone()),
         })
         .collect();
+    let rules = landlock::LandlockSpec {
+        read_exec,
+        read: vec![
+            csv.to_path_buf(),
+            PathBuf::from("/proc"),
+            PathBuf::from("/dev/urandom"),
+            PathBuf::from("/dev/random"),
+        ],
+        read_write: vec![
+            workdir.to_path_buf(),
+            PathBuf::from("/dev/null"),
+            PathBuf::from("/dev/zero"),
+        ],
+    };
     let mut argv = spec.argv.clone();
     if let Some(script) = argv.iter_mut().find(|a| a.as_str() == "/sandbox/zygote.py") {
         *script = zygote.display().to_string();
     }
     if let Some(config) = argv.last_mut() {
-        *config = zygote_config(&csv.display().to_string(), limits).to_string();
+        *config = zygote_config(&csv.display().to_string(), limits, &rules, workdir).to_string();
     }
     Ok(spawn::UnconfinedSpec {
         workdir: workdir.to_path_buf(),
-        landlock: landlock::LandlockSpec {
-            read_exec,
-            read: vec![
-                csv.to_path_buf(),
-                PathBuf::from("/proc"),
-                PathBuf::from("/dev/urandom"),
-                PathBuf::from("/dev/random"),
-            ],
-            read_write: vec![
-                workdir.to_path_buf(),
-                PathBuf::from("/dev/null"),
-                PathBuf::from("/dev/zero"),
-            ],
-        },
+        landlock: rules,
         argv,
         env,
     })
@@ -695,16 +714,22 @@ impl Sandbox {
             ],
             read_write: vec![
                 PathBuf::from("/tmp"),
+                PathBuf::from(mounts::SCRATCH),
                 PathBuf::from("/dev/shm"),
                 PathBuf::from("/dev/null"),
                 PathBuf::from("/dev/zero"),
             ],
         };
-        let zygote_config = zygote_config(&csv_in_jail, &limits);
+        let zygote_config = zygote_config(
+            &csv_in_jail,
+            &limits,
+            &landlock_spec,
+            Path::new(mounts::SCRATCH),
+        );
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/bin:/bin".into()),
-            ("HOME".into(), "/tmp".into()),
-            ("TMPDIR".into(), "/tmp".into()),
+            ("HOME".into(), mounts::SCRATCH.into()),
+            ("TMPDIR".into(), mounts::SCRATCH.into()),
             ("LANG".into(), "C.UTF-8".into()),
             ("LC_ALL".into(), "C.UTF-8".into()),
         ];
@@ -824,10 +849,16 @@ impl Sandbox {
 
         // dup: one descriptor for the reader task, one for senders (tokio
         // cannot register the same descriptor twice).
-        let rx_fd = nix::unistd::dup(&jail.control).map_err(|e| SandboxError::Io {
-            what: "duplicating the control socket".to_string(),
-            source: e.into(),
-        })?;
+        // try_clone duplicates with FD_CLOEXEC (F_DUPFD_CLOEXEC); a plain
+        // dup(2) would not, and every jail started later by this process
+        // would inherit this one's control socket.
+        let rx_fd = jail
+            .control
+            .try_clone()
+            .map_err(|source| SandboxError::Io {
+                what: "duplicating the control socket".to_string(),
+                source,
+            })?;
         let control_rx = FramedSocket::new(rx_fd, "control")?;
         let control_tx = FramedSocket::new(
             jail.control

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 /// private (propagation is cut first).
 const STAGING: &str = "/tmp";
 
+/// Root of the per-task scratch directories inside the jail.
+pub const SCRATCH: &str = "/scratch";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bind {
     /// Host path (opened before the namespaces exist).
@@ -50,6 +53,8 @@ pub struct FsSpec {
     /// `(path in the jail, link target)`, e.g. `/lib` → `usr/lib` on merged-/usr hosts.
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     pub files: Vec<JailFile>,
+    /// Size of `/tmp` (shared by the sandbox's tasks) and of `/scratch`
+    /// (private per task), each.
     pub tmp_size_bytes: u64,
     pub shm_size_bytes: u64,
 }
@@ -349,6 +354,19 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&format!("size={},mode=1777", spec.tmp_size_bytes)),
+    )?;
+
+    // /scratch: each task's private directory (its HOME, TMPDIR and working
+    // directory) lives here; a worker's Landlock domain allows only its own.
+    let scratch = staged(Path::new(SCRATCH));
+    mkdir(&scratch)?;
+    mnt(
+        "mounting",
+        Some("tmpfs"),
+        &scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("size={},mode=0711", spec.tmp_size_bytes)),
     )?;
 
     // A fresh procfs: it shows only the jail's pid namespace.

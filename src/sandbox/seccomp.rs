@@ -53,9 +53,7 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
 }
 
 /// Compile the embedded policy's named filters into BPF programs, in order.
-pub fn compile(
-    names: &[&'static str],
-) -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
+pub fn compile(names: &[&'static str]) -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
     let arch = target_arch()?;
     let mut map: HashMap<String, BpfProgram> =
         seccompiler::compile_from_json(POLICY_JSON.as_bytes(), arch)
