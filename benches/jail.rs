@@ -76,7 +76,12 @@ fn main() {
     for _ in 0..STARTS {
         let t = Instant::now();
         let ok = Command::new(&image.python)
-            .args(["-I", "-B", "-c", "import pandas, numpy, scipy.stats, sklearn, statsmodels.api"])
+            .args([
+                "-I",
+                "-B",
+                "-c",
+                "import pandas, numpy, scipy.stats, sklearn, statsmodels.api",
+            ])
             .env_clear()
             .envs(image.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("OPENBLAS_NUM_THREADS", "1")
@@ -92,12 +97,16 @@ fn main() {
         let mut cold = Vec::new();
         for _ in 0..STARTS {
             let t = Instant::now();
-            let sb = Sandbox::start(options(&csv, &image, 0)).await.expect("start");
+            let sb = Sandbox::start(options(&csv, &image, 0))
+                .await
+                .expect("start");
             cold.push(ms(t.elapsed()));
             sb.shutdown().await;
         }
 
-        let sb = Sandbox::start(options(&csv, &image, 1)).await.expect("start");
+        let sb = Sandbox::start(options(&csv, &image, 1))
+            .await
+            .expect("start");
         let mut spare = Vec::new();
         for _ in 0..30 {
             // Let the refill finish so a spare is waiting.
@@ -109,7 +118,9 @@ fn main() {
         }
         sb.shutdown().await;
 
-        let sb = Sandbox::start(options(&csv, &image, 0)).await.expect("start");
+        let sb = Sandbox::start(options(&csv, &image, 0))
+            .await
+            .expect("start");
         let mut fresh = Vec::new();
         for _ in 0..30 {
             let t = Instant::now();
@@ -138,7 +149,10 @@ fn main() {
     println!("| measurement | median ms | min ms | max ms | runs |");
     println!("|---|---|---|---|---|");
     row("bare import of the stack, no jail", &bare);
-    row("zygote cold start in the jail (to ready, CSV loaded)", &cold);
+    row(
+        "zygote cold start in the jail (to ready, CSV loaded)",
+        &cold,
+    );
     row("worker acquire, spare pre-forked", &stat(acquire_spare));
     row("worker acquire, fresh fork", &stat(acquire_fresh));
     row("cell round trip `1+1`", &stat(round_trip));

@@ -42,10 +42,19 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn doctor_json_lists_every_layer_active_in_contract_order() {
     let out = csv_agent(&["doctor", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let layers = v["layers"].as_array().expect("layers array");
-    let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap_or("")).collect();
+    let names: Vec<&str> = layers
+        .iter()
+        .map(|l| l["name"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(names, csv_agent::sandbox::LAYER_NAMES.to_vec());
     for l in layers {
         assert_eq!(l["status"], "active", "{l}");
@@ -57,9 +66,17 @@ fn doctor_json_lists_every_layer_active_in_contract_order() {
 fn exec_json_prints_one_object_per_cell_with_the_contract_keys() {
     let csv = penguins();
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
-        "--code", "x = len(df)", "--code", "print('n', x)\nx",
-        "--code", "submit(x, unit='rows')",
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+        "--json",
+        "--code",
+        "x = len(df)",
+        "--code",
+        "print('n', x)\nx",
+        "--code",
+        "submit(x, unit='rows')",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines: Vec<serde_json::Value> = stdout(&out)
@@ -72,7 +89,16 @@ fn exec_json_prints_one_object_per_cell_with_the_contract_keys() {
         keys.sort();
         assert_eq!(
             keys,
-            ["elapsed_ms", "error", "hooks", "result", "status", "stderr", "stdout", "submitted"]
+            [
+                "elapsed_ms",
+                "error",
+                "hooks",
+                "result",
+                "status",
+                "stderr",
+                "stdout",
+                "submitted"
+            ]
         );
         assert_eq!(l["status"], "ok");
     }
@@ -86,8 +112,15 @@ fn exec_json_prints_one_object_per_cell_with_the_contract_keys() {
 fn a_failing_cell_exits_1_and_later_cells_still_run() {
     let csv = penguins();
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
-        "--code", "df['no_such_column']", "--code", "2 + 2",
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+        "--json",
+        "--code",
+        "df['no_such_column']",
+        "--code",
+        "2 + 2",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines: Vec<serde_json::Value> = stdout(&out)
@@ -103,8 +136,15 @@ fn a_failing_cell_exits_1_and_later_cells_still_run() {
 fn a_timeout_exits_1_with_status_timeout() {
     let csv = penguins();
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
-        "--timeout", "2", "--code", "import time\ntime.sleep(30)",
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+        "--json",
+        "--timeout",
+        "2",
+        "--code",
+        "import time\ntime.sleep(30)",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
@@ -115,8 +155,12 @@ fn a_timeout_exits_1_with_status_timeout() {
 fn notebook_output_shows_inputs_and_outputs() {
     let csv = penguins();
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(),
-        "--code", "df.species.nunique()",
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+        "--code",
+        "df.species.nunique()",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
@@ -128,14 +172,28 @@ fn notebook_output_shows_inputs_and_outputs() {
 fn a_script_file_runs_as_the_last_cell() {
     let dir = world_readable_dir();
     let script = dir.path().join("s.py");
-    std::fs::write(&script, "total = int(df.body_mass_g.sum())\nprint(total > 0)\n").expect("write");
+    std::fs::write(
+        &script,
+        "total = int(df.body_mass_g.sum())\nprint(total > 0)\n",
+    )
+    .expect("write");
     let csv = penguins();
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", csv.to_str().unwrap_or_default(), "--json",
-        "--code", "pass", "--file", script.to_str().unwrap_or_default(),
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.to_str().unwrap_or_default(),
+        "--json",
+        "--code",
+        "pass",
+        "--file",
+        script.to_str().unwrap_or_default(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).lines().nth(1).is_some_and(|l| l.contains("True")));
+    assert!(stdout(&out)
+        .lines()
+        .nth(1)
+        .is_some_and(|l| l.contains("True")));
 }
 
 #[test]
@@ -144,10 +202,32 @@ fn usage_errors_exit_2_with_a_message_that_says_what_to_do() {
     let csv = csv.to_str().unwrap_or_default();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["sandbox", "exec", "--csv", csv], "--code"),
-        (vec!["sandbox", "exec", "--csv", "/no/such.csv", "--code", "1"], "no such file"),
-        (vec!["sandbox", "exec", "--csv", csv, "--code", "1", "--memory", "lots"], "512M"),
-        (vec!["sandbox", "exec", "--csv", csv, "--code", "1", "--timeout=0"], "--timeout"),
-        (vec!["sandbox", "exec", "--csv", csv, "--file", "/no/such.py"], "/no/such.py"),
+        (
+            vec!["sandbox", "exec", "--csv", "/no/such.csv", "--code", "1"],
+            "no such file",
+        ),
+        (
+            vec![
+                "sandbox", "exec", "--csv", csv, "--code", "1", "--memory", "lots",
+            ],
+            "512M",
+        ),
+        (
+            vec![
+                "sandbox",
+                "exec",
+                "--csv",
+                csv,
+                "--code",
+                "1",
+                "--timeout=0",
+            ],
+            "--timeout",
+        ),
+        (
+            vec!["sandbox", "exec", "--csv", csv, "--file", "/no/such.py"],
+            "/no/such.py",
+        ),
         (vec!["sandbox", "exec", "--bogus"], "--bogus"),
         (vec!["frobnicate"], "frobnicate"),
     ];
@@ -164,10 +244,19 @@ fn a_file_pandas_cannot_read_is_a_clear_setup_error() {
     let dir = world_readable_dir();
     let empty = write_csv(dir.path(), "empty.csv", "");
     let out = csv_agent(&[
-        "sandbox", "exec", "--csv", empty.to_str().unwrap_or_default(), "--code", "1",
+        "sandbox",
+        "exec",
+        "--csv",
+        empty.to_str().unwrap_or_default(),
+        "--code",
+        "1",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("could not load the dataset"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not load the dataset"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

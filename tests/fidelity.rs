@@ -8,7 +8,9 @@ use common::*;
 use csv_agent::sandbox::{CellResult, Sandbox};
 
 async fn penguins_sandbox() -> Sandbox {
-    Sandbox::start(options(&penguins())).await.expect("sandbox starts")
+    Sandbox::start(options(&penguins()))
+        .await
+        .expect("sandbox starts")
 }
 
 async fn run(sb: &Sandbox, code: &str) -> CellResult {
@@ -161,7 +163,9 @@ async fn tab_separated_and_latin1_files_load_as_df() {
     std::fs::write(&latin, b"name,city\nJos\xe9,M\xe1laga\n").expect("write");
     std::fs::set_permissions(&latin, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let sb = Sandbox::start(options(&latin)).await.expect("latin-1 starts");
+    let sb = Sandbox::start(options(&latin))
+        .await
+        .expect("latin-1 starts");
     let c = run(&sb, "df.loc[0, 'city']").await;
     assert_eq!(c.result.as_deref(), Some("'Málaga'"));
     sb.shutdown().await;

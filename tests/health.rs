@@ -39,7 +39,11 @@ async fn lost_workers_are_reported_and_replaced() {
 
     let c = task.run_cell("import os\nos._exit(7)").await.expect("cell");
     assert_eq!(c.status, CellStatus::Crashed, "{c:#?}");
-    let message = c.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("");
+    let message = c
+        .error
+        .as_ref()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or("");
     assert!(message.contains("status 7"), "{message}");
 
     let c = task
@@ -47,7 +51,11 @@ async fn lost_workers_are_reported_and_replaced() {
         .await
         .expect("cell");
     assert_eq!(c.status, CellStatus::Crashed, "{c:#?}");
-    let message = c.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or("");
+    let message = c
+        .error
+        .as_ref()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or("");
     assert!(message.contains("SIGSEGV"), "{message}");
 
     let c = task.run_cell("1 + 1").await.expect("cell");
@@ -71,16 +79,13 @@ async fn lost_workers_are_reported_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_errors_are_cell_errors_and_the_worker_lives_on() {
-    let cells = run_cells(&[
-        "x = 1",
-        "1 / 0",
-        "raise SystemExit(3)",
-        "x + 1",
-    ])
-    .await;
+    let cells = run_cells(&["x = 1", "1 / 0", "raise SystemExit(3)", "x + 1"]).await;
     assert_ok(&cells[0]);
     assert_eq!(cells[1].status, CellStatus::Error);
-    assert_eq!(cells[1].error.as_ref().map(|e| e["type"].clone()), Some("ZeroDivisionError".into()));
+    assert_eq!(
+        cells[1].error.as_ref().map(|e| e["type"].clone()),
+        Some("ZeroDivisionError".into())
+    );
     assert_eq!(cells[2].status, CellStatus::Error);
     assert_eq!(cells[3].result.as_deref(), Some("2"));
 }
@@ -91,7 +96,9 @@ async fn a_spare_worker_is_preforked_and_used() {
     let csv = write_csv(dir.path(), "data.csv", SMALL_CSV);
     let mut opts = options(&csv);
     opts.spare_workers = 1;
-    let sb = csv_agent::sandbox::Sandbox::start(opts).await.expect("starts");
+    let sb = csv_agent::sandbox::Sandbox::start(opts)
+        .await
+        .expect("starts");
     // Give the refill a moment, then two tasks in a row both get workers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut a = sb.acquire().await.expect("first");

@@ -170,7 +170,9 @@ fn image_imports_as_nobody_from_a_world_readable_cache() {
         cache_dir: std::path::PathBuf::from("/nonexistent"),
         prebuilt: Some(copy.clone()),
     };
-    let prebuilt = image::locate(&spec).expect("locate prebuilt").expect("ready");
+    let prebuilt = image::locate(&spec)
+        .expect("locate prebuilt")
+        .expect("ready");
     assert_eq!(prebuilt.root, copy);
     assert_eq!(prebuilt.key, built.key);
 }

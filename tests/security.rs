@@ -122,6 +122,14 @@ async fn run(task: &mut csv_agent::sandbox::Task, code: &str) -> CellResult {
     task.run_cell(code).await.expect("the cell runs")
 }
 
+/// A nonblocking accept/recv on a host socket must find nothing waiting.
+fn assert_nothing_arrived<T: std::fmt::Debug>(result: std::io::Result<T>, what: &str) {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
 async fn exec(worker: &mut Worker, code: &str) -> CellResult {
     worker.exec(code).await.expect("the cell runs")
 }
@@ -1653,10 +1661,10 @@ report(
 
     // outside
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match listener.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the host listener got a connection from the jail: {other:?}"),
-    }
+    assert_nothing_arrived(
+        listener.accept(),
+        "the host listener got a connection from the jail",
+    );
     assert_sandbox_healthy(&sb).await;
     sb.shutdown().await;
 }
@@ -1690,10 +1698,10 @@ report(send=attempt(send), udp6=attempt(socket.socket, socket.AF_INET6, socket.S
     // outside
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut buf = [0u8; 256];
-    match receiver.recv_from(&mut buf) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the host UDP socket received something from the jail: {other:?}"),
-    }
+    assert_nothing_arrived(
+        receiver.recv_from(&mut buf),
+        "the host UDP socket received something from the jail",
+    );
     assert_sandbox_healthy(&sb).await;
     sb.shutdown().await;
 }
@@ -1775,10 +1783,10 @@ report(
 
     // outside
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match listener.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the host abstract socket got a connection from the jail: {other:?}"),
-    }
+    assert_nothing_arrived(
+        listener.accept(),
+        "the host abstract socket got a connection from the jail",
+    );
     assert_sandbox_healthy(&sb).await;
     sb.shutdown().await;
 }
@@ -1818,10 +1826,10 @@ report(
 
     // outside
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match listener.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the host unix socket got a connection from the jail: {other:?}"),
-    }
+    assert_nothing_arrived(
+        listener.accept(),
+        "the host unix socket got a connection from the jail",
+    );
     assert_sandbox_healthy(&sb).await;
     sb.shutdown().await;
 }

@@ -18,6 +18,7 @@ use csv_agent::sandbox::image;
 /// A world-readable copy of the image (hard links where possible) and a
 /// dataset, in a directory uid 65534 can reach.
 struct Setup {
+    bin: PathBuf,
     image: PathBuf,
     csv: PathBuf,
 }
@@ -26,12 +27,24 @@ fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let built = image();
-        // Under cargo's target tmpdir (not /tmp, and not a TempDir: a static
-        // is never dropped), recreated on each run.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unprivileged");
+        // Everything uid 65534 needs (the binary, the image, the dataset) is
+        // copied to a directory it can reach wherever the checkout lives (a
+        // clone under /root is not traversable for it). Not under /tmp: the
+        // jail has its own /tmp, and the tests look at paths of this folder
+        // from inside. Not a TempDir: a static is never dropped; recreated on
+        // each run instead.
+        let base = if Path::new("/var/tmp").is_dir() {
+            PathBuf::from("/var/tmp")
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        };
+        let dir = base.join("csv-agent-unprivileged-tests");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the shared dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = dir.join("csv-agent");
+        std::fs::copy(BIN, &bin).expect("copy the binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let copy = dir.join("image");
         let linked = Command::new("cp")
             .arg("-al")
@@ -57,6 +70,7 @@ fn setup() -> &'static Setup {
         Setup {
             image: copy,
             csv,
+            bin,
         }
     })
 }
@@ -65,10 +79,16 @@ fn setup() -> &'static Setup {
 fn as_nobody(args: &[&str]) -> Output {
     let s = setup();
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "-i",
+        ])
         .arg("PATH=/usr/bin:/bin")
         .arg(format!("CSV_AGENT_IMAGE={}", s.image.display()))
-        .arg(BIN)
+        .arg(&s.bin)
         .args(args)
         .output()
         .expect("setpriv runs")
@@ -77,7 +97,14 @@ fn as_nobody(args: &[&str]) -> Output {
 fn exec_json(cells: &[&str], extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, String) {
     let s = setup();
     let csv = s.csv.display().to_string();
-    let mut args = vec!["sandbox", "exec", "--csv", csv.as_str(), "--json", "--allow-degraded"];
+    let mut args = vec![
+        "sandbox",
+        "exec",
+        "--csv",
+        csv.as_str(),
+        "--json",
+        "--allow-degraded",
+    ];
     args.extend_from_slice(extra);
     for c in cells {
         args.push("--code");
@@ -88,7 +115,11 @@ fn exec_json(cells: &[&str], extra: &[&str]) -> (Option<i32>, Vec<serde_json::Va
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    (out.status.code(), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn dir_of(p: &Path) -> &Path {
@@ -98,7 +129,12 @@ fn dir_of(p: &Path) -> &Path {
 #[test]
 fn doctor_as_nobody_reports_cgroups_unavailable_and_everything_else_active() {
     let out = as_nobody(&["doctor", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     for layer in v["layers"].as_array().expect("layers") {
         if layer["name"] == "cgroup_limits" {
@@ -127,11 +163,17 @@ fn without_allow_degraded_nobody_is_refused_with_the_reason() {
 #[test]
 fn with_allow_degraded_nobody_runs_pandas_and_is_told_what_is_missing() {
     let (code, cells, err) = exec_json(
-        &["df.groupby('species').size().to_dict()", "open('/proc/self/uid_map').read().split()"],
+        &[
+            "df.groupby('species').size().to_dict()",
+            "open('/proc/self/uid_map').read().split()",
+        ],
         &[],
     );
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(cells[0]["result"], "{'Adelie': 152, 'Chinstrap': 68, 'Gentoo': 124}");
+    assert_eq!(
+        cells[0]["result"],
+        "{'Adelie': 152, 'Chinstrap': 68, 'Gentoo': 124}"
+    );
     assert_eq!(cells[1]["result"], "['0', '65534', '1']");
     assert!(err.contains("cgroup_limits"), "{err}");
 }
@@ -227,7 +269,10 @@ except OSError as e:
     let (status, cells, err) = exec_json(&[&code], &[]);
     assert_eq!(status, Some(0), "{err}");
     assert_eq!(cells[0]["stdout"], "refused 1\n");
-    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection"
+    );
 }
 
 #[test]
@@ -291,7 +336,7 @@ fn as_nobody_without_user_namespaces(args: &[&str]) -> Output {
         .arg("echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"")
         .args(["sh", "env", "-i", "PATH=/usr/bin:/bin"])
         .arg(format!("CSV_AGENT_IMAGE={}", s.image.display()))
-        .arg(BIN)
+        .arg(&s.bin)
         .args(args)
         .output()
         .expect("setpriv + unshare run")
@@ -363,14 +408,20 @@ print(out)
         sock = sock_path.display().to_string(),
     );
     let out = as_nobody_without_user_namespaces(&[
-        "sandbox", "exec", "--csv", &csv, "--json", "--allow-degraded", "--code", &code,
+        "sandbox",
+        "exec",
+        "--csv",
+        &csv,
+        "--json",
+        "--allow-degraded",
+        "--code",
+        &code,
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("user_namespace, pid_namespace"), "{err}");
     assert!(err.contains("filesystem unavailable"), "{err}");
-    let line: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("one json line");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one json line");
     // Readable by unix permissions, refused by Landlock; the image may be read
     // (it is where Python lives); no network; no signal outside the domain.
     assert_eq!(
@@ -378,15 +429,26 @@ print(out)
         "[344, 1, 1, 'PermissionError', 'PermissionError', 'read', 1, 'PermissionError']\n",
         "{line}"
     );
-    assert!(listener.accept().is_err(), "the host listener saw a connection");
-    assert!(unix.accept().is_err(), "the host unix socket saw a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection"
+    );
+    assert!(
+        unix.accept().is_err(),
+        "the host unix socket saw a connection"
+    );
     let _ = std::fs::remove_file(&sock_path);
 }
 
 #[test]
 fn without_user_namespaces_doctor_says_which_layers_hold() {
     let out = as_nobody_without_user_namespaces(&["doctor", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let status = |name: &str| {
         v["layers"]
@@ -395,10 +457,23 @@ fn without_user_namespaces_doctor_says_which_layers_hold() {
             .map(|x| x["status"].as_str().unwrap_or("").to_string())
             .unwrap_or_default()
     };
-    for name in ["user_namespace", "pid_namespace", "mount_namespace", "network_namespace", "filesystem", "cgroup_limits"] {
+    for name in [
+        "user_namespace",
+        "pid_namespace",
+        "mount_namespace",
+        "network_namespace",
+        "filesystem",
+        "cgroup_limits",
+    ] {
         assert_eq!(status(name), "unavailable", "{name}: {v}");
     }
-    for name in ["landlock", "capabilities", "no_new_privs", "seccomp", "rlimits"] {
+    for name in [
+        "landlock",
+        "capabilities",
+        "no_new_privs",
+        "seccomp",
+        "rlimits",
+    ] {
         assert_eq!(status(name), "active", "{name}: {v}");
     }
 }

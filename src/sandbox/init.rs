@@ -133,22 +133,8 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
         // SAFETY: single-threaded process, as for the jail's fork below.
         return match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let code = match unconfined(sync, spec, u) {
-                    Ok(never) => match never {},
-                    Err(f) => {
-                        let _ = write_frame_blocking(
-                            sync,
-                            CHANNEL,
-                            &FromInit::Failed {
-                                step: f.step.to_string(),
-                                error: f.error,
-                            },
-                        );
-                        2
-                    }
-                };
-                // SAFETY: as for the jail child below.
-                unsafe { libc::_exit(code) }
+                let outcome = unconfined(sync, spec, u);
+                child_exit(sync, outcome)
             }
             Ok(ForkResult::Parent { child }) => Ok(watch(sync, child)),
             Err(e) => Err(fail("exec")(format!("fork failed: {e}"))),
@@ -182,23 +168,8 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
     // threads), so the child may do anything after fork.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = match jail(sync, spec, &sources) {
-                Ok(never) => match never {},
-                Err(f) => {
-                    let _ = write_frame_blocking(
-                        sync,
-                        CHANNEL,
-                        &FromInit::Failed {
-                            step: f.step.to_string(),
-                            error: f.error,
-                        },
-                    );
-                    2
-                }
-            };
-            // SAFETY: leaving the forked child without running the parent's
-            // atexit handlers or flushing its copied stdio buffers.
-            unsafe { libc::_exit(code) }
+            let outcome = jail(sync, spec, &sources);
+            child_exit(sync, outcome)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(sources);
@@ -208,6 +179,28 @@ fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
             "fork into the new pid namespace failed: {e}"
         ))),
     }
+}
+
+/// End a forked child whose set-up failed (it never returns on success: it
+/// has exec'd): report the failure to the supervisor and leave.
+fn child_exit(sync: &mut UnixStream, outcome: Result<Never, Failure>) -> ! {
+    let code = match outcome {
+        Ok(never) => match never {},
+        Err(f) => {
+            let _ = write_frame_blocking(
+                sync,
+                CHANNEL,
+                &FromInit::Failed {
+                    step: f.step.to_string(),
+                    error: f.error,
+                },
+            );
+            2
+        }
+    };
+    // SAFETY: leaving the forked child without running the parent's atexit
+    // handlers or flushing its copied stdio buffers.
+    unsafe { libc::_exit(code) }
 }
 
 /// Close every descriptor above the sync socket (0-2 are /dev/null and the

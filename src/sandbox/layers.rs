@@ -22,6 +22,17 @@ pub const LAYER_NAMES: [&str; 14] = [
     "rlimits",
 ];
 
+/// The namespace layers, which the jail init creates in one `unshare`.
+pub const NAMESPACE_LAYERS: &[&str] = &[
+    "user_namespace",
+    "pid_namespace",
+    "mount_namespace",
+    "network_namespace",
+    "ipc_namespace",
+    "uts_namespace",
+    "cgroup_namespace",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LayerStatus {
@@ -124,6 +135,11 @@ impl IsolationReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_layers_lead_the_contract_list() {
+        assert_eq!(NAMESPACE_LAYERS, &LAYER_NAMES[..NAMESPACE_LAYERS.len()]);
+    }
 
     #[test]
     fn normalize_fills_missing_layers_as_unavailable_in_contract_order() {

@@ -804,15 +804,7 @@ impl Sandbox {
         }
         let csv_in_jail = match &jail.unconfined {
             Some(reason) => {
-                for ns in [
-                    "user_namespace",
-                    "pid_namespace",
-                    "mount_namespace",
-                    "network_namespace",
-                    "ipc_namespace",
-                    "uts_namespace",
-                    "cgroup_namespace",
-                ] {
+                for ns in layers::NAMESPACE_LAYERS {
                     report.set(Layer::unavailable(ns, reason.clone()));
                 }
                 csv.display().to_string()
@@ -832,15 +824,7 @@ impl Sandbox {
         };
         // The init got this far only because unshare() of all of these
         // succeeded; `measure` confirms them from inside and outside.
-        for ns in [
-            "user_namespace",
-            "pid_namespace",
-            "mount_namespace",
-            "network_namespace",
-            "ipc_namespace",
-            "uts_namespace",
-            "cgroup_namespace",
-        ] {
+        for ns in layers::NAMESPACE_LAYERS {
             if report.get(ns).is_none() {
                 report.set(Layer::active(ns, "created by the jail init"));
             }

@@ -26,7 +26,9 @@ impl ImageProgress for Progress {
 pub fn image() -> Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE
-        .get_or_init(|| image::ensure(&ImageSpec::from_env(), &Progress).expect("the sandbox image builds"))
+        .get_or_init(|| {
+            image::ensure(&ImageSpec::from_env(), &Progress).expect("the sandbox image builds")
+        })
         .clone()
 }
 
@@ -82,7 +84,9 @@ pub async fn sandbox() -> (Sandbox, tempfile::TempDir) {
 pub async fn sandbox_with(f: impl FnOnce(&mut Limits)) -> (Sandbox, tempfile::TempDir) {
     let dir = world_readable_dir();
     let csv = write_csv(dir.path(), "data.csv", SMALL_CSV);
-    let sb = Sandbox::start(options_with(&csv, f)).await.expect("sandbox starts");
+    let sb = Sandbox::start(options_with(&csv, f))
+        .await
+        .expect("sandbox starts");
     (sb, dir)
 }
 
