@@ -13,8 +13,8 @@ pub const ENV_IMAGE: &str = "CSV_AGENT_IMAGE";
 pub const ENV_LOG: &str = "CSV_AGENT_LOG";
 
 /// The cache directory: `$CSV_AGENT_CACHE_DIR`, else `$XDG_CACHE_HOME/csv-agent`,
-/// else `~/.cache/csv-agent`, else a folder under the system temp directory
-/// (a user without a home, such as `nobody`, still gets a working cache).
+/// else `~/.cache/csv-agent`, else `/var/tmp/csv-agent-cache-<uid>` (a user
+/// without a home, such as `nobody`, still gets a working cache).
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = non_empty_env(ENV_CACHE_DIR) {
         return PathBuf::from(dir);
@@ -28,8 +28,10 @@ pub fn cache_dir() -> PathBuf {
             return home.join(".cache").join("csv-agent");
         }
     }
+    // Not /tmp: the jail mounts its own /tmp over that path, so an image kept
+    // there could not be bound into it at its own path.
     let uid = nix::unistd::getuid();
-    std::env::temp_dir().join(format!("csv-agent-cache-{uid}"))
+    PathBuf::from("/var/tmp").join(format!("csv-agent-cache-{uid}"))
 }
 
 /// The interpreter the image is built from: `$CSV_AGENT_PYTHON`, else `python3`.

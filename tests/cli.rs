@@ -253,3 +253,17 @@ fn image_path_prints_the_ready_image() {
     assert!(path.join("ready.json").is_file(), "{}", path.display());
     assert_eq!(path, image().root);
 }
+
+#[test]
+fn an_image_cache_under_the_jails_own_tmp_is_refused_before_building() {
+    let out = Command::new(BIN)
+        .args(["doctor"])
+        .env("CSV_AGENT_CACHE_DIR", "/tmp/csv-agent-cache-under-tmp")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("lies under /tmp"), "{err}");
+    assert!(err.contains("CSV_AGENT_CACHE_DIR"), "{err}");
+    assert!(!std::path::Path::new("/tmp/csv-agent-cache-under-tmp").exists());
+}

@@ -32,6 +32,12 @@ impl ImageProgress for StderrProgress {
 /// Locate the image, building it on first use (blocking work off the runtime).
 pub async fn ensure_image() -> Result<Image> {
     let spec = ImageSpec::from_env();
+    // Refuse before spending minutes on a build the jail could not use.
+    let location = spec
+        .prebuilt
+        .clone()
+        .unwrap_or_else(|| spec.cache_dir.clone());
+    crate::sandbox::check_image_location(&location)?;
     let image =
         tokio::task::spawn_blocking(move || image::ensure(&spec, &StderrProgress)).await??;
     Ok(image)

@@ -46,6 +46,12 @@ pub const ZYGOTE_PY: &str = include_str!("../../sandbox-image/zygote.py");
 /// Path of the dataset directory inside the jail.
 pub const DATA_DIR: &str = "/data";
 
+/// Paths the jail mounts or creates itself; nothing of the host may be bound
+/// beneath them.
+const JAIL_OWN_PATHS: &[&str] = &[
+    "/tmp", "/scratch", "/dev", "/proc", "/data", "/sandbox", "/etc",
+];
+
 /// Resource limits of one sandbox and its workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -166,6 +172,11 @@ pub enum SandboxError {
     Protocol(#[from] ProtocolError),
     #[error("refusing to run code with isolation layers missing:\n{}\nfix the host, or pass --allow-degraded to run with the layers that work", format_layers(.0))]
     Degraded(Vec<Layer>),
+    #[error("the image location {path} lies under {reserved}, which the jail mounts for itself; keep images elsewhere (set CSV_AGENT_CACHE_DIR, e.g. to ~/.cache/csv-agent or /var/tmp/csv-agent)")]
+    ImageLocation {
+        path: PathBuf,
+        reserved: &'static str,
+    },
     #[error("the zygote could not load the dataset: {0}")]
     Load(String),
     #[error("the zygote is gone ({0})")]
@@ -459,6 +470,18 @@ fn system_binds_and_links() -> (Vec<mounts::Bind>, Vec<(PathBuf, PathBuf)>, Vec<
     (binds, links, lib_paths)
 }
 
+/// An image (or the cache that will hold it) must not lie under a path the
+/// jail mounts for itself: it is bound into the jail at its own host path.
+pub fn check_image_location(path: &Path) -> Result<(), SandboxError> {
+    match JAIL_OWN_PATHS.iter().find(|p| path.starts_with(p)) {
+        Some(reserved) => Err(SandboxError::ImageLocation {
+            path: path.to_path_buf(),
+            reserved,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The zygote's configuration (its only argument). `worker_paths` is what a
 /// worker's own Landlock domain keeps: everything the jail's domain allows
 /// except the shared scratch root (`scratch`), of which each worker gets only
@@ -592,6 +615,9 @@ impl Sandbox {
             });
         }
 
+        // The image is bound at its own host path; under a path the jail
+        // mounts itself it would be hidden or would leak into (say) /tmp.
+        check_image_location(&opts.image.root)?;
         let id = format!(
             "{}-{}",
             std::process::id(),
