@@ -4,6 +4,7 @@
 //! Dependency direction: `cli → sandbox`; `sandbox` knows nothing of
 //! questions, teachers or LLMs.
 
+pub mod answers;
 pub mod cli;
 pub mod config;
 pub mod sandbox;
