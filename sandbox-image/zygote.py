@@ -1105,6 +1105,10 @@ def describe_exception(exc: BaseException) -> dict[str, str]:
     try:
         summary = traceback.TracebackException.from_exception(exc)
         _strip_own_frames(summary, set())
+        if isinstance(exc, SyntaxError) and str(exc.filename or "").startswith("<cell-"):
+            # The cell did not parse: the parser's own frames (ast.py) say
+            # nothing to its author; the caret under the cell's line does.
+            summary.stack = traceback.StackSummary.from_list([])
         formatted = "".join(summary.format())
     except Exception as failure:  # a broken __str__ or __repr__ in user code
         formatted = f"{type(exc).__name__}: {message}\n(traceback unavailable: {failure!r})\n"

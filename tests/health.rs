@@ -79,7 +79,7 @@ async fn lost_workers_are_reported_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_errors_are_cell_errors_and_the_worker_lives_on() {
-    let cells = run_cells(&["x = 1", "1 / 0", "raise SystemExit(3)", "x + 1"]).await;
+    let cells = run_cells(&["x = 1", "1 / 0", "raise SystemExit(3)", "x + 1", "def f(:"]).await;
     assert_ok(&cells[0]);
     assert_eq!(cells[1].status, CellStatus::Error);
     assert_eq!(
@@ -88,6 +88,16 @@ async fn python_errors_are_cell_errors_and_the_worker_lives_on() {
     );
     assert_eq!(cells[2].status, CellStatus::Error);
     assert_eq!(cells[3].result.as_deref(), Some("2"));
+    // A cell that does not parse shows the caret, not the parser's frames.
+    let tb = cells[4]
+        .error
+        .as_ref()
+        .and_then(|e| e["traceback"].as_str())
+        .unwrap_or("");
+    assert!(
+        tb.contains("SyntaxError") && tb.contains("<cell-5>") && !tb.contains("ast.py"),
+        "{tb}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
