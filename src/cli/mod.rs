@@ -64,10 +64,22 @@ pub fn main() -> i32 {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Doctor(args) => doctor::run(args).await,
-            Command::Sandbox(cmd) => sandbox::run(cmd).await,
-            Command::Image(cmd) => image::run(cmd).await,
+        let work = async move {
+            match cli.command {
+                Command::Doctor(args) => doctor::run(args).await,
+                Command::Sandbox(cmd) => sandbox::run(cmd).await,
+                Command::Image(cmd) => image::run(cmd).await,
+            }
+        };
+        // Ctrl-C or SIGTERM: drop the command's future, which drops its
+        // sandboxes (killing their jails and removing their cgroups), then
+        // exit the way a signalled process does.
+        tokio::select! {
+            result = work => result,
+            signal = interrupted() => {
+                eprintln!("csv-agent: interrupted by {signal}; jails stopped");
+                Ok(128 + if signal == "SIGTERM" { 15 } else { 2 })
+            }
         }
     });
     // Do not wait for stray blocking tasks (cgroup clean-up threads finish on their own).
@@ -78,5 +90,21 @@ pub fn main() -> i32 {
             eprintln!("csv-agent: error: {e:#}");
             EXIT_ERROR
         }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (terminate) applies; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }

@@ -256,6 +256,60 @@ impl Group {
     }
 }
 
+/// Remove the groups of sandboxes whose supervisor is gone (`csv-agent/<pid>-<n>`
+/// with no process `<pid>`): a supervisor killed by a signal leaves them
+/// behind. Best effort; called before a sandbox creates its own groups.
+pub fn remove_stale_groups() {
+    let hier = cgroups_rs::fs::hierarchies::auto();
+    let root =
+        Cgroup::load_with_specified_controllers(hier, ROOT_GROUP, vec!["memory".to_string()]);
+    let Some(dir) = root
+        .controller_of::<MemController>()
+        .map(|m| m.path().to_path_buf())
+    else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let leaves: Vec<String> = std::fs::read_dir(entry.path())
+            .map(|it| {
+                it.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for leaf in leaves {
+            let hier = cgroups_rs::fs::hierarchies::auto();
+            let v2 = hier.v2();
+            let path = sandbox_group_path(&name, &leaf);
+            let group = Group {
+                cgroup: Cgroup::load_with_specified_controllers(
+                    hier,
+                    &path,
+                    vec!["memory".to_string(), "pids".to_string()],
+                ),
+                v2,
+                path,
+            };
+            group.remove();
+        }
+        remove_parent(&sandbox_parent_path(&name));
+    }
+}
+
 /// Remove an empty parent group left by a sandbox (`csv-agent/<id>`).
 pub fn remove_parent(path: &str) {
     let hier = cgroups_rs::fs::hierarchies::auto();

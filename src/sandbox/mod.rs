@@ -626,6 +626,7 @@ impl Sandbox {
         let limits = opts.limits.clone();
 
         let mut report = IsolationReport::default();
+        cgroup::remove_stale_groups();
         let zygote_group = match cgroup::Group::create(
             &cgroup::sandbox_group_path(&id, "zygote"),
             cgroup::GroupLimits {
