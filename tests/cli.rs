@@ -267,3 +267,51 @@ fn an_image_cache_under_the_jails_own_tmp_is_refused_before_building() {
     assert!(err.contains("CSV_AGENT_CACHE_DIR"), "{err}");
     assert!(!std::path::Path::new("/tmp/csv-agent-cache-under-tmp").exists());
 }
+
+#[test]
+fn ctrl_c_stops_the_jail_and_removes_its_cgroups() {
+    let _ = image();
+    let csv = penguins();
+    let mut child = Command::new(BIN)
+        .args([
+            "sandbox",
+            "exec",
+            "--csv",
+            csv.to_str().unwrap_or_default(),
+            "--code",
+            "import time\ntime.sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    // Wait until the sandbox exists (its cgroup appears), then interrupt.
+    let group_dir = |pid: u32| {
+        std::fs::read_dir("/sys/fs/cgroup/memory/csv-agent")
+            .map(|it| {
+                it.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{pid}-"))
+                })
+            })
+            .unwrap_or(false)
+    };
+    let started = std::time::Instant::now();
+    while !group_dir(pid) && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(group_dir(pid), "the sandbox never started");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!group_dir(pid), "cgroups of the interrupted run remain");
+}
