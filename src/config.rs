@@ -9,6 +9,8 @@ pub const ENV_CACHE_DIR: &str = "CSV_AGENT_CACHE_DIR";
 pub const ENV_PYTHON: &str = "CSV_AGENT_PYTHON";
 /// A ready image folder to use as is, instead of locating or building one.
 pub const ENV_IMAGE: &str = "CSV_AGENT_IMAGE";
+/// The dataset registry directory (default `./datasets`).
+pub const ENV_DATASETS: &str = "CSV_AGENT_DATASETS";
 /// Log verbosity of the supervisor (`error`, `warn`, `info`, `debug`).
 pub const ENV_LOG: &str = "CSV_AGENT_LOG";
 

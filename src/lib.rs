@@ -7,4 +7,5 @@
 pub mod answers;
 pub mod cli;
 pub mod config;
+pub mod datasets;
 pub mod sandbox;

@@ -315,3 +315,88 @@ fn ctrl_c_stops_the_jail_and_removes_its_cgroups() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(!group_dir(pid), "cgroups of the interrupted run remain");
 }
+
+#[test]
+fn datasets_list_show_and_add_through_the_cli() {
+    let out = csv_agent(&["datasets", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let slugs: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|d| d["slug"].as_str())
+        .collect();
+    assert!(slugs.len() >= 3 && slugs.contains(&"penguins"), "{slugs:?}");
+    for d in list.as_array().expect("array") {
+        assert!(
+            d["meta"]["license"].as_str().is_some_and(|l| !l.is_empty()),
+            "{d}"
+        );
+    }
+
+    let out = csv_agent(&["datasets", "show", "penguins"]);
+    assert!(stdout(&out).contains("CC0"), "{}", stdout(&out));
+    let out = csv_agent(&["datasets", "show", "no-such"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("datasets list"), "{}", stderr(&out));
+
+    let registry = world_readable_dir();
+    let reg = registry.path().to_str().unwrap_or_default().to_string();
+    let files = world_readable_dir();
+    let good = write_csv(
+        files.path(),
+        "Sales 2024.tsv",
+        "region\tamount\nnorth\t1.5\nsouth\t2\n",
+    );
+    let out = csv_agent(&[
+        "datasets",
+        "--datasets",
+        &reg,
+        "add",
+        good.to_str().unwrap_or_default(),
+        "--description",
+        "sales",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(registry.path().join("sales-2024/meta.json")).expect("meta.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        (meta["rows"].as_u64(), meta["columns"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(meta["description"], "sales");
+    // The same slug again is refused; nothing changes.
+    let out = csv_agent(&[
+        "datasets",
+        "--datasets",
+        &reg,
+        "add",
+        good.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--slug"), "{}", stderr(&out));
+
+    let header_only = write_csv(files.path(), "empty.csv", "a,b\n");
+    let out = csv_agent(&[
+        "datasets",
+        "--datasets",
+        &reg,
+        "add",
+        header_only.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no data rows"), "{}", stderr(&out));
+    let names: Vec<String> = std::fs::read_dir(registry.path())
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["sales-2024".to_string()],
+        "left behind: {names:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The command line: parse, resolve settings once, call the library, print,
 //! map errors to exit codes (0 ok, 1 a cell or check failed, 2 could not run).
 
+mod datasets;
 mod doctor;
 mod image;
 mod sandbox;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Show each isolation layer as measured inside a real jail.
     Doctor(doctor::DoctorArgs),
+    /// The dataset registry: list, show, add.
+    Datasets(datasets::DatasetsArgs),
     /// Run code in a jailed worker.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -67,6 +70,7 @@ pub fn main() -> i32 {
         let work = async move {
             match cli.command {
                 Command::Doctor(args) => doctor::run(args).await,
+                Command::Datasets(args) => datasets::run(args).await,
                 Command::Sandbox(cmd) => sandbox::run(cmd).await,
                 Command::Image(cmd) => image::run(cmd).await,
             }

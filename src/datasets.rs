@@ -1,0 +1,396 @@
+//! The dataset registry: a directory with one folder per dataset,
+//! `<slug>/data.csv` plus `<slug>/meta.json` (name, description, source,
+//! license, and the shape once known).
+//!
+//! This module reads and writes the registry; whether pandas can read a file
+//! is decided by the caller (it takes a jail), which hands the verdict to
+//! [`Registry::add`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The CSV of a dataset inside its folder.
+pub const DATA_FILE: &str = "data.csv";
+/// Its description.
+pub const META_FILE: &str = "meta.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(
+        "dataset registry {path} does not exist or is not a directory (point --datasets at one)"
+    )]
+    NoRegistry { path: PathBuf },
+    #[error("no dataset `{slug}` in {registry} (see `csv-agent datasets list`)")]
+    Unknown { slug: String, registry: PathBuf },
+    #[error("dataset `{slug}` already exists in {registry}; choose another --slug")]
+    Exists { slug: String, registry: PathBuf },
+    #[error("`{slug}` is not a valid slug: use lowercase letters, digits and '-' (at most 64)")]
+    BadSlug { slug: String },
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("{path}: invalid meta.json: {source}")]
+    BadMeta {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError {
+    let path = path.to_path_buf();
+    move |source| DatasetError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetMeta {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub license: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub slug: String,
+    pub dir: PathBuf,
+    pub csv: PathBuf,
+    pub meta: DatasetMeta,
+}
+
+/// What the caller learned by loading a candidate file with pandas.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadCheck {
+    Readable { rows: u64, columns: u64 },
+    Unreadable { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+/// A slug from a file name: lowercase, runs of other characters become '-'.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-').to_string();
+    let slug: String = slug.chars().take(64).collect();
+    let slug = slug.trim_end_matches('-').to_string();
+    if slug.is_empty() {
+        "dataset".to_string()
+    } else {
+        slug
+    }
+}
+
+fn valid_slug(slug: &str) -> bool {
+    !slug.is_empty()
+        && slug.len() <= 64
+        && !slug.starts_with('-')
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl Registry {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Registry, DatasetError> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(DatasetError::NoRegistry { path: root });
+        }
+        Ok(Registry { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every dataset (a folder with a `data.csv`), sorted by slug.
+    pub fn list(&self) -> Result<Vec<Dataset>, DatasetError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io("reading", &self.root))? {
+            let entry = entry.map_err(io("reading", &self.root))?;
+            let slug = entry.file_name().to_string_lossy().into_owned();
+            if !valid_slug(&slug) || !entry.path().join(DATA_FILE).is_file() {
+                continue;
+            }
+            out.push(self.load(&slug)?);
+        }
+        out.sort_by(|a, b| a.slug.cmp(&b.slug));
+        Ok(out)
+    }
+
+    pub fn get(&self, slug: &str) -> Result<Dataset, DatasetError> {
+        if !valid_slug(slug) || !self.root.join(slug).join(DATA_FILE).is_file() {
+            return Err(DatasetError::Unknown {
+                slug: slug.to_string(),
+                registry: self.root.clone(),
+            });
+        }
+        self.load(slug)
+    }
+
+    fn load(&self, slug: &str) -> Result<Dataset, DatasetError> {
+        let dir = self.root.join(slug);
+        let meta_path = dir.join(META_FILE);
+        let meta = match fs::read(&meta_path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| DatasetError::BadMeta {
+                    path: meta_path.clone(),
+                    source,
+                })?
+            }
+            // A folder with only a CSV is still a dataset; its slug names it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DatasetMeta {
+                name: slug.to_string(),
+                ..DatasetMeta::default()
+            },
+            Err(e) => return Err(io("reading", &meta_path)(e)),
+        };
+        Ok(Dataset {
+            slug: slug.to_string(),
+            csv: dir.join(DATA_FILE),
+            dir,
+            meta,
+        })
+    }
+
+    /// The slug `add` would use for `file` (and `--slug`).
+    pub fn slug_for(file: &Path, slug: Option<&str>) -> Result<String, DatasetError> {
+        let slug = match slug {
+            Some(s) => s.to_string(),
+            None => slugify(
+                &file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+        };
+        if valid_slug(&slug) {
+            Ok(slug)
+        } else {
+            Err(DatasetError::BadSlug { slug })
+        }
+    }
+
+    /// Copy `file` into a staging folder of the registry, for the caller to
+    /// check with pandas before [`Registry::add`] publishes it.
+    pub fn stage(&self, file: &Path, slug: &str) -> Result<PathBuf, DatasetError> {
+        if !valid_slug(slug) {
+            return Err(DatasetError::BadSlug {
+                slug: slug.to_string(),
+            });
+        }
+        if self.root.join(slug).exists() {
+            return Err(DatasetError::Exists {
+                slug: slug.to_string(),
+                registry: self.root.clone(),
+            });
+        }
+        let meta = fs::metadata(file).map_err(|e| DatasetError::BadFile {
+            path: file.to_path_buf(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        if !meta.is_file() {
+            return Err(DatasetError::BadFile {
+                path: file.to_path_buf(),
+                reason: "is not a regular file".to_string(),
+            });
+        }
+        if meta.len() == 0 {
+            return Err(DatasetError::BadFile {
+                path: file.to_path_buf(),
+                reason: "is empty".to_string(),
+            });
+        }
+        let mut head = vec![0u8; 8192];
+        let n = fs::File::open(file)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .map_err(io("reading", file))?;
+        if head[..n].contains(&0) {
+            return Err(DatasetError::BadFile {
+                path: file.to_path_buf(),
+                reason: "contains NUL bytes: a binary file, not a CSV".to_string(),
+            });
+        }
+        let staging = self
+            .root
+            .join(format!(".adding-{slug}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
+        let csv = staging.join(DATA_FILE);
+        fs::copy(file, &csv).map_err(io("copying into", &csv))?;
+        // The jail user must be able to read it (jail root is uid 65534 when
+        // the supervisor is root).
+        set_mode(&staging, 0o755)?;
+        set_mode(&csv, 0o644)?;
+        Ok(csv)
+    }
+
+    /// Publish a staged file after the pandas check: write meta.json and move
+    /// the folder into place; an unreadable file is removed with the reason.
+    pub fn add(
+        &self,
+        origin: &Path,
+        staged_csv: &Path,
+        slug: &str,
+        meta: DatasetMeta,
+        check: LoadCheck,
+    ) -> Result<Dataset, DatasetError> {
+        let staging = staged_csv
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        let meta = match check {
+            LoadCheck::Readable { rows, columns } => DatasetMeta {
+                rows: Some(rows),
+                columns: Some(columns),
+                ..meta
+            },
+            LoadCheck::Unreadable { reason } => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(DatasetError::BadFile {
+                    path: origin.to_path_buf(),
+                    reason: format!("pandas cannot read it: {reason}"),
+                });
+            }
+        };
+        let text = serde_json::to_string_pretty(&meta).map_err(|source| DatasetError::BadMeta {
+            path: staging.join(META_FILE),
+            source,
+        })?;
+        let meta_path = staging.join(META_FILE);
+        fs::write(&meta_path, format!("{text}\n")).map_err(io("writing", &meta_path))?;
+        let target = self.root.join(slug);
+        if target.exists() {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(DatasetError::Exists {
+                slug: slug.to_string(),
+                registry: self.root.clone(),
+            });
+        }
+        fs::rename(&staging, &target).map_err(io("moving into place", &target))?;
+        self.get(slug)
+    }
+
+    /// Drop a staging folder (the check could not run).
+    pub fn discard(&self, staged_csv: &Path) {
+        if let Some(dir) = staged_csv.parent() {
+            if dir.starts_with(&self.root) && dir != self.root {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), DatasetError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_lowercase_with_dashes() {
+        assert_eq!(slugify("Sales Data (2024).csv"), "sales-data-2024-csv");
+        assert_eq!(slugify("__x__"), "x");
+        assert_eq!(slugify("ü é"), "dataset");
+        assert!(valid_slug("penguins"));
+        assert!(!valid_slug("Penguins"));
+        assert!(!valid_slug("../etc"));
+        assert!(!valid_slug(".adding-x"));
+    }
+
+    #[test]
+    fn list_get_stage_and_add() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(root.path()).expect("open");
+        assert!(reg.list().expect("list").is_empty());
+        let src = root.path().join("My File.csv");
+        fs::write(&src, "a,b\n1,2\n").expect("write");
+        let slug = Registry::slug_for(&src, None).expect("slug");
+        assert_eq!(slug, "my-file");
+        let staged = reg.stage(&src, &slug).expect("stage");
+        // Staging folders are not datasets.
+        assert!(reg.list().expect("list").is_empty());
+        let meta = DatasetMeta {
+            name: "My file".into(),
+            ..Default::default()
+        };
+        let ds = reg
+            .add(
+                &src,
+                &staged,
+                &slug,
+                meta,
+                LoadCheck::Readable {
+                    rows: 1,
+                    columns: 2,
+                },
+            )
+            .expect("add");
+        assert_eq!(ds.meta.rows, Some(1));
+        assert_eq!(reg.list().expect("list").len(), 1);
+        assert!(matches!(
+            reg.stage(&src, &slug),
+            Err(DatasetError::Exists { .. })
+        ));
+        assert!(matches!(reg.get("nope"), Err(DatasetError::Unknown { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_rejected_and_nothing_is_left() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(root.path()).expect("open");
+        let src = root.path().join("bad.csv");
+        fs::write(&src, "\"unclosed").expect("write");
+        let staged = reg.stage(&src, "bad").expect("stage");
+        let err = reg
+            .add(
+                &src,
+                &staged,
+                "bad",
+                DatasetMeta::default(),
+                LoadCheck::Unreadable {
+                    reason: "no columns to parse".into(),
+                },
+            )
+            .expect_err("rejected");
+        assert!(err.to_string().contains("no columns to parse"));
+        assert!(!root.path().join("bad").exists());
+        let leftovers: Vec<_> = fs::read_dir(root.path())
+            .expect("read")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".adding"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
