@@ -272,7 +272,7 @@ fn an_image_cache_under_the_jails_own_tmp_is_refused_before_building() {
 fn ctrl_c_stops_the_jail_and_removes_its_cgroups() {
     let _ = image();
     let csv = penguins();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "sandbox",
             "exec",
