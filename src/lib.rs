@@ -8,4 +8,5 @@ pub mod answers;
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod profile;
 pub mod sandbox;

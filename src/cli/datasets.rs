@@ -26,6 +26,14 @@ enum DatasetsCommand {
     },
     /// A dataset's description, source, license and first lines.
     Show { slug: String },
+    /// Profile a dataset in a jailed worker: overview and column kinds.
+    Profile {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_degraded: bool,
+    },
     /// Copy a CSV into the registry (checked with pandas in a jail first).
     Add {
         file: PathBuf,
@@ -87,6 +95,28 @@ pub async fn run(args: DatasetsArgs) -> Result<i32> {
             println!("first lines:");
             for line in String::from_utf8_lossy(&text).lines().take(6) {
                 println!("  {line}");
+            }
+        }
+        DatasetsCommand::Profile {
+            slug,
+            json,
+            allow_degraded,
+        } => {
+            let d = registry.get(&slug)?;
+            let image = super::image::ensure_image().await?;
+            let mut opts = SandboxOptions::new(&d.csv, image)?;
+            opts.allow_degraded = allow_degraded;
+            opts.spare_workers = 0;
+            let sandbox = Sandbox::start(opts).await?;
+            let mut task = sandbox.task();
+            let result = crate::profile::profile(&mut task).await;
+            drop(task);
+            sandbox.shutdown().await;
+            let p = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("{}", p.overview);
             }
         }
         DatasetsCommand::Add {

@@ -1,0 +1,83 @@
+# Runs as one cell inside a worker (df is the loaded dataset): prints one JSON
+# object with the data overview used by prompts and each column's kind.
+# Kept free of names a later cell could collide with: everything lives in
+# _csv_agent_profile() and is deleted afterwards.
+def _csv_agent_profile(df):
+    import json as _json
+    import re as _re
+    import warnings as _warnings
+
+    import pandas as _pd
+
+    rows = int(len(df))
+    id_name = _re.compile(r"^(id|uuid|guid|index|unnamed: ?\d+|.*[_ ]id)$", _re.IGNORECASE)
+
+    def kind_of(name, s):
+        non_null = s.dropna()
+        count = int(non_null.shape[0])
+        unique = int(non_null.nunique())
+        if id_name.match(str(name).strip()):
+            return "id-like"
+        if _pd.api.types.is_bool_dtype(s):
+            return "categorical"
+        if _pd.api.types.is_datetime64_any_dtype(s):
+            return "datetime"
+        if _pd.api.types.is_numeric_dtype(s):
+            # Integers that are (nearly) all distinct count like row labels;
+            # continuous measurements are often all distinct and stay numeric.
+            if _pd.api.types.is_integer_dtype(s) and count >= 20 and unique >= 0.98 * count:
+                return "id-like"
+            return "numeric"
+        if count == 0:
+            return "text"
+        sample = non_null.astype(str).head(200)
+        looks_numeric = sample.str.fullmatch(r"[-+]?\d+(\.\d+)?").mean() > 0.9
+        if not looks_numeric:
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore")
+                parsed = _pd.to_datetime(sample, errors="coerce", format="mixed")
+            if parsed.notna().mean() >= 0.9:
+                return "datetime"
+        if count >= 20 and unique >= 0.98 * count:
+            return "id-like"
+        if unique <= max(20, 0.05 * count):
+            return "categorical"
+        return "text"
+
+    columns = []
+    for name in df.columns:
+        s = df[name]
+        missing = int(s.isna().sum())
+        kind = kind_of(name, s)
+        columns.append(
+            {
+                "name": str(name),
+                "dtype": str(s.dtype),
+                "kind": kind,
+                "missing": missing,
+                "missing_share": round(missing / rows, 4) if rows else 0.0,
+                "cardinality": int(s.nunique(dropna=True)),
+                "target_ok": kind != "id-like",
+            }
+        )
+
+    lines = [f"Shape: {rows} rows x {df.shape[1]} columns", "", "Columns and dtypes:"]
+    for c in columns:
+        lines.append(f"  {c['name']}: {c['dtype']} ({c['kind']}, {c['missing']} missing, {c['cardinality']} distinct)")
+    with _pd.option_context("display.width", 120, "display.max_columns", 30):
+        lines += ["", "First rows:", df.head(5).to_string()]
+        numeric = df.select_dtypes("number")
+        if numeric.shape[1]:
+            lines += ["", "Summary of numeric columns:", numeric.describe().round(3).to_string()]
+    missing = {c["name"]: c["missing"] for c in columns if c["missing"]}
+    lines += ["", "Missing values: " + (", ".join(f"{k} {v}" for k, v in missing.items()) or "none")]
+    for c in columns:
+        if c["kind"] == "categorical":
+            top = df[c["name"]].value_counts(dropna=True).head(5)
+            values = ", ".join(f"{k} ({v})" for k, v in top.items())
+            lines.append(f"Top values of {c['name']}: {values}")
+    print(_json.dumps({"rows": rows, "columns": int(df.shape[1]), "overview": "\n".join(lines), "column_profiles": columns}))
+
+
+_csv_agent_profile(df)
+del _csv_agent_profile
