@@ -1,4 +1,7 @@
-//! `csv-agent sandbox exec`: run cells in one task's worker.
+//! `csv-agent sandbox exec`: run cells in one task's worker; `sandbox profile`
+//! (in sandbox/profile.rs): memory of forked workers against independent sandboxes.
+
+mod profile;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +15,9 @@ use crate::sandbox::{parse_size, CellResult, CellStatus, Sandbox, SandboxOptions
 pub enum SandboxCommand {
     /// Run cells, in order, in one worker of a jailed zygote with the CSV as `df`.
     Exec(ExecArgs),
+    /// Measure memory: N workers forked from one zygote against N independent
+    /// sandboxes (the cold baseline, measured in the same run).
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -42,6 +48,7 @@ pub struct ExecArgs {
 pub async fn run(cmd: SandboxCommand) -> Result<i32> {
     match cmd {
         SandboxCommand::Exec(args) => exec(args).await,
+        SandboxCommand::Profile(args) => profile::run(args).await,
     }
 }
 

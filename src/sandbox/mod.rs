@@ -16,6 +16,7 @@ pub mod init;
 pub mod landlock;
 pub mod layers;
 pub mod measure;
+pub mod memory;
 pub mod mounts;
 pub mod protocol;
 pub mod rlimits;
@@ -958,6 +959,14 @@ impl Sandbox {
         let children =
             std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
         children.split_whitespace().next()?.parse().ok()
+    }
+    /// Bytes charged to the zygote's cgroup: the imports, the loaded CSV and
+    /// the page cache it read (None without cgroups).
+    pub fn zygote_cgroup_memory(&self) -> Option<u64> {
+        self.shared
+            .zygote_group
+            .as_ref()
+            .and_then(|g| g.memory_usage())
     }
     /// Faults seen so far (timeouts, OOM kills, crashes).
     pub fn faults(&self) -> Vec<Fault> {
