@@ -18,6 +18,14 @@ fn csv_agent(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// One JSON object per line of stdout (the `--json` contract).
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is json"))
+        .collect()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -65,10 +73,7 @@ fn exec_json_prints_one_object_per_cell_with_the_contract_keys() {
         "submit(x, unit='rows')",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is json"))
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3);
     for l in &lines {
         let mut keys: Vec<&String> = l.as_object().expect("object").keys().collect();
@@ -109,10 +114,7 @@ fn a_failing_cell_exits_1_and_later_cells_still_run() {
         "2 + 2",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["status"], "error");
     assert_eq!(lines[0]["error"]["type"], "KeyError");
     assert_eq!(lines[1]["result"], "4");

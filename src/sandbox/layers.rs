@@ -22,16 +22,9 @@ pub const LAYER_NAMES: [&str; 14] = [
     "rlimits",
 ];
 
-/// The namespace layers, which the jail init creates in one `unshare`.
-pub const NAMESPACE_LAYERS: &[&str] = &[
-    "user_namespace",
-    "pid_namespace",
-    "mount_namespace",
-    "network_namespace",
-    "ipc_namespace",
-    "uts_namespace",
-    "cgroup_namespace",
-];
+/// The namespace layers, which the jail init creates in one `unshare`: the
+/// first seven of [`LAYER_NAMES`].
+pub const NAMESPACE_LAYERS: &[&str] = LAYER_NAMES.as_slice().split_at(7).0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
