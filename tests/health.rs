@@ -6,7 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use csv_agent::sandbox::CellStatus;
+use csv_agent::sandbox::{CellResult, CellStatus};
+
+fn error_message(cell: &CellResult) -> &str {
+    cell.error
+        .as_ref()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or("")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_workers_are_reported_and_replaced() {
@@ -39,11 +46,7 @@ async fn lost_workers_are_reported_and_replaced() {
 
     let c = task.run_cell("import os\nos._exit(7)").await.expect("cell");
     assert_eq!(c.status, CellStatus::Crashed, "{c:#?}");
-    let message = c
-        .error
-        .as_ref()
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or("");
+    let message = error_message(&c);
     assert!(message.contains("status 7"), "{message}");
 
     let c = task
@@ -51,11 +54,7 @@ async fn lost_workers_are_reported_and_replaced() {
         .await
         .expect("cell");
     assert_eq!(c.status, CellStatus::Crashed, "{c:#?}");
-    let message = c
-        .error
-        .as_ref()
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or("");
+    let message = error_message(&c);
     assert!(message.contains("SIGSEGV"), "{message}");
 
     let c = task.run_cell("1 + 1").await.expect("cell");

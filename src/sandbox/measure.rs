@@ -116,11 +116,10 @@ pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError>
             "user" => {
                 let root_is_host_root = probe.uid_map.starts_with("0 0 ");
                 if root_is_host_root {
-                    return_unavailable(
-                        &mut report,
+                    report.set(Layer::unavailable(
                         layer,
                         format!("jail root maps to host root ({})", probe.uid_map),
-                    );
+                    ));
                     continue;
                 }
                 format!("uid_map {}", probe.uid_map)
@@ -137,11 +136,10 @@ pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError>
             ),
             "net" => {
                 if probe.net_devs.iter().any(|d| d != "lo") {
-                    return_unavailable(
-                        &mut report,
+                    report.set(Layer::unavailable(
                         layer,
                         format!("interfaces besides lo: {:?}", probe.net_devs),
-                    );
+                    ));
                     continue;
                 }
                 format!(
@@ -355,8 +353,4 @@ pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError>
     ));
     report.normalize();
     Ok(report)
-}
-
-fn return_unavailable(report: &mut IsolationReport, layer: &str, detail: String) {
-    report.set(Layer::unavailable(layer, detail));
 }

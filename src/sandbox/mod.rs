@@ -360,7 +360,6 @@ struct Shared {
     exit_notify: Notify,
     zygote_gone: Mutex<Option<String>>,
     next_worker: AtomicU64,
-    cgroups: bool,
     spares: tokio::sync::Mutex<Vec<Worker>>,
     spare_target: usize,
     refilling: AtomicBool,
@@ -900,7 +899,6 @@ impl Sandbox {
             exit_notify: Notify::new(),
             zygote_gone: Mutex::new(None),
             next_worker: AtomicU64::new(1),
-            cgroups: zygote_group.is_some(),
             spares: tokio::sync::Mutex::new(Vec::new()),
             spare_target: opts.spare_workers,
             refilling: AtomicBool::new(false),
@@ -1198,7 +1196,7 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     }
     // The group exists before the worker does, so it can be placed in it
     // before it runs a single line of user code.
-    let group = if shared.cgroups {
+    let group = if shared.zygote_group.is_some() {
         Some(
             cgroup::Group::create(
                 &cgroup::sandbox_group_path(&shared.id, &format!("worker-{worker_id}")),
@@ -1412,13 +1410,16 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     pub fn is_alive(&self) -> bool {
-        !self.dead
-            && !self
-                .shared
-                .exits
-                .lock()
-                .map(|e| e.contains_key(&self.id))
-                .unwrap_or(false)
+        !self.dead && !self.reaped()
+    }
+
+    /// The zygote has reported this worker's exit (it has been reaped).
+    fn reaped(&self) -> bool {
+        self.shared
+            .exits
+            .lock()
+            .map(|e| e.contains_key(&self.id))
+            .unwrap_or(false)
     }
 
     /// Bytes charged to this worker's cgroup (what it allocated itself).
@@ -1586,13 +1587,7 @@ impl Worker {
     /// its cgroup where there is one.
     fn kill(&mut self) {
         self.dead = true;
-        let exited = self
-            .shared
-            .exits
-            .lock()
-            .map(|e| e.contains_key(&self.id))
-            .unwrap_or(false);
-        if !exited {
+        if !self.reaped() {
             // The worker leads its own process group (setpgid in the zygote),
             // and is not reaped before the zygote reports its exit, so its
             // pid cannot have been reused yet.

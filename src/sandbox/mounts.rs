@@ -193,6 +193,19 @@ fn mnt(
     })
 }
 
+/// Create `path` and mount a fresh tmpfs on it.
+fn tmpfs(path: &Path, flags: MsFlags, options: &str) -> Result<(), MountError> {
+    mkdir(path)?;
+    mnt(
+        "mounting a tmpfs on",
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        flags,
+        Some(options),
+    )
+}
+
 fn mkdir(path: &Path) -> Result<(), MountError> {
     fs::create_dir_all(path).map_err(|source| MountError::Create {
         path: path.to_path_buf(),
@@ -309,64 +322,41 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
     }
 
     let staging = Path::new(STAGING);
-    mnt(
-        "mounting the root tmpfs on",
-        Some("tmpfs"),
+    tmpfs(
         staging,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=16m,mode=0755"),
+        "size=16m,mode=0755",
     )?;
 
     // /dev: a tiny tmpfs with bind-mounted device nodes (a user namespace may
     // not mknod, and a tmpfs it mounts ignores device nodes anyway).
     let dev = staged(Path::new("/dev"));
-    mkdir(&dev)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
+    tmpfs(
         &dev,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("size=64k,mode=0755"),
+        "size=64k,mode=0755",
     )?;
 
     // The jail's own mounts come before the binds, so a bind whose target
     // lies under one of them (an image kept under /tmp, say) lands inside it
     // instead of being shadowed by it.
-    let shm = dev.join("shm");
-    mkdir(&shm)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
-        &shm,
-        Some("tmpfs"),
+    tmpfs(
+        &dev.join("shm"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(&format!("size={},mode=1777", spec.shm_size_bytes)),
+        &format!("size={},mode=1777", spec.shm_size_bytes),
     )?;
-
-    let tmp = staged(Path::new("/tmp"));
-    mkdir(&tmp)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
+    tmpfs(
+        &staged(Path::new("/tmp")),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("size={},mode=1777", spec.tmp_size_bytes)),
+        &format!("size={},mode=1777", spec.tmp_size_bytes),
     )?;
 
     // /scratch: each task's private directory (its HOME, TMPDIR and working
     // directory) lives here; a worker's Landlock domain allows only its own.
-    let scratch = staged(Path::new(SCRATCH));
-    mkdir(&scratch)?;
-    mnt(
-        "mounting",
-        Some("tmpfs"),
-        &scratch,
-        Some("tmpfs"),
+    tmpfs(
+        &staged(Path::new(SCRATCH)),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("size={},mode=0711", spec.tmp_size_bytes)),
+        &format!("size={},mode=0711", spec.tmp_size_bytes),
     )?;
 
     // A fresh procfs: it shows only the jail's pid namespace.
