@@ -133,6 +133,13 @@ impl Registry {
 
     /// Every dataset (a folder with a `data.csv`), sorted by slug.
     pub fn list(&self) -> Result<Vec<Dataset>, DatasetError> {
+        self.entries()?.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Like [`Registry::list`], but a folder whose description cannot be
+    /// read is returned with its error instead of failing the whole listing
+    /// (a run fails that dataset alone).
+    pub fn entries(&self) -> Result<Vec<(String, Result<Dataset, DatasetError>)>, DatasetError> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io("reading", &self.root))? {
             let entry = entry.map_err(io("reading", &self.root))?;
@@ -140,9 +147,10 @@ impl Registry {
             if !valid_slug(&slug) || !entry.path().join(DATA_FILE).is_file() {
                 continue;
             }
-            out.push(self.load(&slug)?);
+            let dataset = self.load(&slug);
+            out.push((slug, dataset));
         }
-        out.sort_by(|a, b| a.slug.cmp(&b.slug));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

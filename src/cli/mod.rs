@@ -4,6 +4,9 @@
 mod datasets;
 mod doctor;
 mod image;
+mod progress;
+mod results;
+mod run;
 mod sandbox;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +31,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: datasets → template questions → verified episodes
+    /// (resumable; rerun the same command to continue).
+    Run(run::RunArgs),
+    /// Make the questions files (with ground truth) without running a teacher.
+    Questions(run::QuestionsArgs),
+    /// What a run has done, what failed and why.
+    Status(results::StatusArgs),
+    /// Look at episodes, questions, or one trace.
+    Inspect(results::InspectArgs),
+    /// Join the outputs of shard runs, dropping duplicates.
+    Merge(results::MergeArgs),
     /// Show each isolation layer as measured inside a real jail.
     Doctor(doctor::DoctorArgs),
     /// The dataset registry: list, show, add.
@@ -69,6 +83,11 @@ pub fn main() -> i32 {
     let result = runtime.block_on(async move {
         let work = async move {
             match cli.command {
+                Command::Run(args) => run::run(args).await,
+                Command::Questions(args) => run::questions(args).await,
+                Command::Status(args) => results::status(args),
+                Command::Inspect(args) => results::inspect(args),
+                Command::Merge(args) => results::merge(args),
                 Command::Doctor(args) => doctor::run(args).await,
                 Command::Datasets(args) => datasets::run(args).await,
                 Command::Sandbox(cmd) => sandbox::run(cmd).await,

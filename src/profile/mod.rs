@@ -34,6 +34,11 @@ pub struct ColumnProfile {
     pub cardinality: u64,
     /// Whether a question may use the column as its target.
     pub target_ok: bool,
+    /// Smallest and largest value of a numeric column (None otherwise).
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -44,6 +44,11 @@ def _csv_agent_profile(df):
             return "categorical"
         return "text"
 
+    def finite(x):
+        # NaN (all missing) and infinities are not JSON numbers.
+        x = float(x)
+        return x if x == x and abs(x) != float("inf") else None
+
     columns = []
     for name in df.columns:
         s = df[name]
@@ -58,6 +63,10 @@ def _csv_agent_profile(df):
                 "missing_share": round(missing / rows, 4) if rows else 0.0,
                 "cardinality": int(s.nunique(dropna=True)),
                 "target_ok": kind != "id-like",
+                # Range of numeric columns, so templates can ask for positive
+                # values (log transforms) before anything runs.
+                "min": finite(s.min()) if kind == "numeric" else None,
+                "max": finite(s.max()) if kind == "numeric" else None,
             }
         )
 

@@ -1,0 +1,459 @@
+//! Reading what runs left behind: `csv-agent status` (what is done, what
+//! failed and why), `csv-agent inspect episodes|questions|trace ID` (one
+//! episode rendered for a person) and `csv-agent merge DIR... --out DIR`
+//! (shard outputs joined, duplicates dropped by id).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::pipeline::{self, dataset_summary, episode_row, RunSummary};
+use crate::schema::{Episode, Question, Trace};
+use crate::store::{
+    self, DatasetRow, Manifest, OutputLock, EPISODES_FILE, MANIFEST_FILE, QUESTIONS_DIR,
+    SUMMARY_FILE,
+};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run's output directory.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The run's output directory.
+    #[arg(long, default_value = "out", global = true)]
+    out: PathBuf,
+    #[command(subcommand)]
+    what: InspectWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum InspectWhat {
+    /// One line per episode: id, dataset, template, difficulty, verified, answer.
+    Episodes {
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Only episodes that are not verified.
+        #[arg(long)]
+        unverified: bool,
+    },
+    /// One line per question: id, dataset, template, difficulty, text.
+    Questions {
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    /// One episode in full: question, every turn's code and output, verdict.
+    Trace {
+        /// An episode id or question id (a unique prefix is enough).
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Output directories of shard runs.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Where the merged output goes.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn open_manifest(out: &Path) -> Result<Manifest> {
+    let path = out.join(MANIFEST_FILE);
+    if !path.is_file() {
+        bail!(
+            "no run in {} (no {MANIFEST_FILE}); start one with `csv-agent run --out {}`",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(Manifest::open(&path)?)
+}
+
+fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
+    let datasets: Vec<_> = manifest
+        .datasets()?
+        .iter()
+        .map(|row| dataset_summary(manifest, row))
+        .collect();
+    let episodes: Vec<Value> = store::read_jsonl(&out.join(EPISODES_FILE))?;
+    let earlier: Option<RunSummary> = std::fs::read(out.join(SUMMARY_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(RunSummary {
+        teacher: earlier
+            .as_ref()
+            .map(|s| s.teacher.clone())
+            .unwrap_or_default(),
+        shard: earlier.as_ref().and_then(|s| s.shard),
+        verified: datasets.iter().map(|d| d.verified).sum(),
+        datasets,
+        episodes: episodes.len() as u64,
+        elapsed: earlier.map(|s| s.elapsed).unwrap_or(0.0),
+    })
+}
+
+pub fn status(args: StatusArgs) -> Result<i32> {
+    let manifest = open_manifest(&args.out)?;
+    let summary = summary_of(&manifest, &args.out)?;
+    let rows = manifest.datasets()?;
+    let unfinished: Vec<&DatasetRow> = rows.iter().filter(|r| r.status == "running").collect();
+    super::run::print_summary(&summary, false);
+    println!(
+        "\n{} episodes ({} verified) in {}",
+        summary.episodes,
+        summary.verified,
+        args.out.join(EPISODES_FILE).display()
+    );
+    for r in unfinished {
+        println!(
+            "{}: not finished (rerun the same command to resume)",
+            r.slug
+        );
+    }
+    Ok(super::EXIT_OK)
+}
+
+fn episodes_of(out: &Path) -> Result<Vec<Episode>> {
+    let path = out.join(EPISODES_FILE);
+    if !path.is_file() {
+        bail!("no episodes in {} yet", out.display());
+    }
+    Ok(store::read_jsonl(&path)?)
+}
+
+fn questions_of(out: &Path) -> Result<Vec<Question>> {
+    let dir = out.join(QUESTIONS_DIR);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("no questions in {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(store::read_jsonl::<Question>(&f)?);
+    }
+    Ok(out)
+}
+
+fn short(v: &Value, n: usize) -> String {
+    let s = v.to_string();
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    } else {
+        s
+    }
+}
+
+pub fn inspect(args: InspectArgs) -> Result<i32> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    match args.what {
+        InspectWhat::Episodes {
+            dataset,
+            unverified,
+        } => {
+            let episodes = episodes_of(&args.out)?;
+            let _ = writeln!(
+                text,
+                "{:<16} {:<16} {:<34} {:<9} {:<8} answer",
+                "episode", "dataset", "template", "level", "verified"
+            );
+            for e in episodes.iter().filter(|e| {
+                dataset.as_ref().is_none_or(|d| &e.dataset == d) && !(unverified && e.verified)
+            }) {
+                let _ = writeln!(
+                    text,
+                    "{:<16} {:<16} {:<34} {:<9} {:<8} {}",
+                    e.episode_id,
+                    e.dataset,
+                    e.question.template_name.as_deref().unwrap_or("-"),
+                    e.question.difficulty.as_str(),
+                    if e.verified { "yes" } else { "NO" },
+                    e.gold_trace
+                        .final_answer
+                        .as_ref()
+                        .map(|a| short(a, 60))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        InspectWhat::Questions { dataset } => {
+            let questions = questions_of(&args.out)?;
+            let _ = writeln!(
+                text,
+                "{:<16} {:<16} {:<34} {:<9} question",
+                "id", "dataset", "template", "level"
+            );
+            for q in questions
+                .iter()
+                .filter(|q| dataset.as_ref().is_none_or(|d| &q.dataset == d))
+            {
+                let shown: String = q.question_text.chars().take(90).collect();
+                let _ = writeln!(
+                    text,
+                    "{:<16} {:<16} {:<34} {:<9} {}",
+                    q.id,
+                    q.dataset,
+                    q.template_name.as_deref().unwrap_or("-"),
+                    q.difficulty.as_str(),
+                    shown
+                );
+            }
+        }
+        InspectWhat::Trace { id } => {
+            let episodes = episodes_of(&args.out)?;
+            let found: Vec<&Episode> = episodes
+                .iter()
+                .filter(|e| e.episode_id.starts_with(&id) || e.question.id.starts_with(&id))
+                .collect();
+            match found.as_slice() {
+                [] => bail!(
+                    "no episode or question id starting with `{id}` in {}",
+                    args.out.display()
+                ),
+                [e] => text.push_str(&render(e)),
+                many => bail!(
+                    "`{id}` matches {} episodes ({}…); give more of the id",
+                    many.len(),
+                    many.iter()
+                        .take(3)
+                        .map(|e| e.episode_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    }
+    print_all(&text);
+    Ok(super::EXIT_OK)
+}
+
+/// Print to stdout; a reader that went away (`| head`) is not an error.
+fn print_all(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// An episode for a person to read.
+pub fn render(e: &Episode) -> String {
+    let mut s = String::new();
+    let q = &e.question;
+    s += &format!(
+        "episode {}  ({} teacher, {})\n",
+        e.episode_id, e.teacher, e.timestamp
+    );
+    s += &format!("dataset {}  csv {}\n", e.dataset, e.csv_source);
+    s += &format!(
+        "question {}  template {}  {}  {} steps\n",
+        q.id,
+        q.template_name.as_deref().unwrap_or("-"),
+        q.difficulty.as_str(),
+        q.n_steps
+    );
+    s += &format!("\n  {}\n", q.question_text);
+    if let Some(h) = &q.hint {
+        s += &format!("  hint: {h}\n");
+    }
+    if let Some(gt) = &q.ground_truth {
+        s += &format!("  ground truth: {}\n", short(gt, 400));
+    }
+    s += &render_trace("gold trace", &e.gold_trace);
+    for t in &e.consistency_traces {
+        s += &render_trace("consistency trace", t);
+    }
+    let tri = &e.triangulation;
+    s += &format!(
+        "\nverdict: {}\n  consistency runs {} (succeeded {}, agreeing {}), majority {} of them, gold matches majority: {}, ground truth: {}\n",
+        if e.verified { "VERIFIED" } else { "NOT VERIFIED" },
+        tri.n_consistency_runs,
+        tri.n_consistency_succeeded,
+        tri.n_consistency_agreeing,
+        tri.majority_count,
+        tri.gold_matches_majority,
+        match tri.gold_matches_ground_truth {
+            Some(true) => "matches",
+            Some(false) => "DIFFERS",
+            None => "none",
+        }
+    );
+    if let Some(r) = &e.reason {
+        s += &format!("  reason: {r}\n");
+    }
+    s += &format!(
+        "  time: gold {:.2} s, total {:.2} s\n",
+        e.timing.gold_elapsed, e.timing.total_elapsed
+    );
+    s
+}
+
+fn render_trace(title: &str, t: &Trace) -> String {
+    let mut s = format!(
+        "\n── {title} `{}`: {} ({:.2} s)\n",
+        t.label,
+        if t.success { "ok" } else { "FAILED" },
+        t.elapsed
+    );
+    for turn in &t.turns {
+        s += &format!("\n  turn {}: {}\n", turn.turn_index, turn.reasoning);
+        for line in turn.code.trim_end().lines() {
+            s += &format!("    │ {line}\n");
+        }
+        let x = &turn.execution;
+        for line in x.stdout.trim_end().lines().filter(|l| !l.is_empty()) {
+            s += &format!("    > {line}\n");
+        }
+        for line in x
+            .stderr
+            .trim_end()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .take(20)
+        {
+            s += &format!("    ! {line}\n");
+        }
+        if let Some(err) = &x.error {
+            let kind = err.get("type").and_then(Value::as_str).unwrap_or("error");
+            let msg = err.get("message").and_then(Value::as_str).unwrap_or("");
+            s += &format!("    ✗ {kind}: {msg}\n");
+        }
+        for h in &x.hooks {
+            s += &format!(
+                "    hook {} = {}\n",
+                h.variable_name.as_deref().unwrap_or("?"),
+                short(&h.value, 120)
+            );
+        }
+    }
+    if let Some(e) = &t.error {
+        s += &format!("  error: {e}\n");
+    }
+    s += &format!(
+        "  answer: {}\n",
+        t.final_answer
+            .as_ref()
+            .map(|a| short(a, 400))
+            .unwrap_or_else(|| "-".into())
+    );
+    s
+}
+
+pub fn merge(args: MergeArgs) -> Result<i32> {
+    for d in &args.dirs {
+        if !d.join(EPISODES_FILE).is_file() && !d.join(MANIFEST_FILE).is_file() {
+            bail!(
+                "{} is not a run's output directory (no {EPISODES_FILE})",
+                d.display()
+            );
+        }
+        if d.canonicalize().ok() == args.out.canonicalize().ok() {
+            bail!(
+                "--out {} is also an input; merge into a new directory",
+                args.out.display()
+            );
+        }
+    }
+    let _lock = OutputLock::acquire(&args.out)?;
+    store::clear_outputs(&args.out)?;
+    // Episodes: first copy of each id wins.
+    let mut seen = HashSet::new();
+    let mut episodes: Vec<Episode> = Vec::new();
+    let mut duplicates = 0;
+    for d in &args.dirs {
+        for e in store::read_jsonl::<Episode>(&d.join(EPISODES_FILE))? {
+            if seen.insert(e.episode_id.clone()) {
+                episodes.push(e);
+            } else {
+                duplicates += 1;
+            }
+        }
+    }
+    episodes.sort_by(|a, b| (&a.dataset, &a.question.id).cmp(&(&b.dataset, &b.question.id)));
+    store::write_jsonl_atomic(&args.out.join(EPISODES_FILE), &episodes)?;
+    // Questions, per dataset file.
+    let mut questions: BTreeMap<String, Vec<Question>> = BTreeMap::new();
+    for d in &args.dirs {
+        let Ok(entries) = std::fs::read_dir(d.join(QUESTIONS_DIR)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                questions
+                    .entry(name)
+                    .or_default()
+                    .extend(store::read_jsonl::<Question>(&path)?);
+            }
+        }
+    }
+    let mut question_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, mut qs) in questions {
+        let mut ids = HashSet::new();
+        qs.retain(|q| ids.insert(q.id.clone()));
+        qs.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(q) = qs.first() {
+            question_counts.insert(q.dataset.clone(), qs.len() as u64);
+        }
+        store::write_jsonl_atomic(&args.out.join(QUESTIONS_DIR).join(name), &qs)?;
+    }
+    // Manifest: episodes are the truth; failures and dataset rows come from
+    // the shards' manifests.
+    let manifest = Manifest::open(&args.out.join(MANIFEST_FILE))?;
+    for e in &episodes {
+        manifest.record_question(&episode_row(e))?;
+    }
+    let mut datasets: BTreeMap<String, DatasetRow> = BTreeMap::new();
+    for d in &args.dirs {
+        let path = d.join(MANIFEST_FILE);
+        if !path.is_file() {
+            continue;
+        }
+        let shard = Manifest::open(&path)?;
+        for q in shard.questions()? {
+            if q.status == "failed" && manifest.question(&q.fingerprint)?.is_none() {
+                manifest.record_question(&q)?;
+            }
+        }
+        for row in shard.datasets()? {
+            let merged = datasets
+                .entry(row.slug.clone())
+                .or_insert_with(|| DatasetRow {
+                    status: "done".into(),
+                    n_questions: 0,
+                    elapsed: 0.0,
+                    ..row.clone()
+                });
+            if row.status != "done" {
+                merged.status = row.status.clone();
+                merged.reason = row.reason.clone().or(merged.reason.take());
+            }
+            merged.elapsed += row.elapsed;
+        }
+    }
+    for (slug, mut row) in datasets {
+        row.n_questions = question_counts.get(&slug).copied().unwrap_or(0);
+        row.questions_key = None;
+        manifest.record_dataset(&row)?;
+    }
+    let mut summary = summary_of(&manifest, &args.out)?;
+    summary.shard = None;
+    pipeline::write_summary(&args.out, &summary)?;
+    super::run::print_summary(&summary, false);
+    println!(
+        "\nmerged {} directories: {} episodes ({} duplicates dropped) into {}",
+        args.dirs.len(),
+        episodes.len(),
+        duplicates,
+        args.out.display()
+    );
+    Ok(summary.exit_code())
+}

@@ -1,0 +1,272 @@
+//! The output contract: questions and episodes as they are written to JSON
+//! Lines. Field names follow DESIGN.md ("Episodes") and stay compatible with
+//! the tool this replaces, so training code written for it reads ours
+//! unchanged; fields we add (`dataset`, `teacher`, `reason`, per-execution
+//! `status`, …) are extra keys that old readers ignore.
+//!
+//! A leaf module: plain serde types and the conversion of a worker's raw
+//! hook records, nothing that runs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Difficulty {
+    Easy,
+    Medium,
+    Hard,
+    VeryHard,
+}
+
+impl Difficulty {
+    pub const ALL: [Difficulty; 4] = [
+        Difficulty::Easy,
+        Difficulty::Medium,
+        Difficulty::Hard,
+        Difficulty::VeryHard,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Difficulty::Easy => "EASY",
+            Difficulty::Medium => "MEDIUM",
+            Difficulty::Hard => "HARD",
+            Difficulty::VeryHard => "VERY_HARD",
+        }
+    }
+}
+
+/// Where a question came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuestionSource {
+    Template,
+    Procedural,
+    Llm,
+}
+
+impl QuestionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuestionSource::Template => "template",
+            QuestionSource::Procedural => "procedural",
+            QuestionSource::Llm => "llm",
+        }
+    }
+}
+
+/// One step of a program: a short reasoning sentence and the code of one cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStep {
+    pub reasoning: String,
+    pub code: String,
+}
+
+/// A program that answers a question another way than the reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlternativeProgram {
+    pub name: String,
+    pub reasoning: String,
+    pub code: String,
+}
+
+/// The programs of a template question, with slots and parameters filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Programs {
+    pub reference: Vec<ProgramStep>,
+    pub alternatives: Vec<AlternativeProgram>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    /// Stable: a hash of the template, its code, the parameters and the
+    /// dataset's content.
+    pub id: String,
+    pub question_text: String,
+    #[serde(default)]
+    pub hint: Option<String>,
+    pub difficulty: Difficulty,
+    pub n_steps: u32,
+    #[serde(default)]
+    pub template_name: Option<String>,
+    /// Slot bindings and parameter values, by name.
+    #[serde(default)]
+    pub template_params: Option<Value>,
+    #[serde(default)]
+    pub output_type: Option<String>,
+    #[serde(default)]
+    pub output_schema: Option<Value>,
+    #[serde(default)]
+    pub ground_truth: Option<Value>,
+    #[serde(default)]
+    pub ground_truth_hash: Option<String>,
+    /// Every distinct hash of an answer that agrees with the ground truth
+    /// (reference and alternatives may round differently).
+    #[serde(default)]
+    pub ground_truth_hashes: Vec<String>,
+    pub source: QuestionSource,
+    /// The dataset's slug and content hash (sha256 of the CSV bytes, 16 hex).
+    pub dataset: String,
+    pub dataset_hash: String,
+    /// Present in questions files; left out of episodes (the traces hold the code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<Programs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hook {
+    pub variable_name: Option<String>,
+    pub code_line: String,
+    pub value: Value,
+    pub value_hash: String,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl Hook {
+    /// A hook record as the worker's `hook()` made it. Code may pass any
+    /// value as name or code line; non-strings are kept as their JSON text.
+    pub fn from_worker(raw: &Value) -> Hook {
+        let text = |key: &str| -> Option<String> {
+            match raw.get(key) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+            }
+        };
+        let depends_on = match raw.get("depends_on") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Hook {
+            variable_name: text("variable_name"),
+            code_line: text("code_line").unwrap_or_default(),
+            value: raw.get("value").cloned().unwrap_or(Value::Null),
+            value_hash: text("value_hash").unwrap_or_default(),
+            depends_on,
+            description: text("description"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub hooks: Vec<Hook>,
+    pub submitted_answer: Option<Value>,
+    /// ok | error | timeout | oom | crashed
+    pub status: String,
+    /// `repr` of a trailing expression.
+    #[serde(default)]
+    pub result: Option<String>,
+    /// `{type, message, traceback}` when the cell failed.
+    #[serde(default)]
+    pub error: Option<Value>,
+    pub elapsed_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub turn_index: u32,
+    pub reasoning: String,
+    pub code: String,
+    pub execution: Execution,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub turns: Vec<Turn>,
+    pub final_answer: Option<Value>,
+    pub final_answer_hash: Option<String>,
+    /// Every cell ran and an answer was submitted.
+    pub success: bool,
+    /// Which program or role produced the trace (`reference`, an
+    /// alternative's name, `teacher`).
+    #[serde(default)]
+    pub label: String,
+    /// Why the trace failed, when it did.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub elapsed: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Triangulation {
+    pub n_consistency_runs: u32,
+    pub n_consistency_succeeded: u32,
+    pub majority_answer_hash: Option<String>,
+    pub majority_count: u32,
+    pub gold_matches_majority: bool,
+    /// Consistency traces whose answer matches the gold answer.
+    pub n_consistency_agreeing: u32,
+    /// None when the question has no ground truth.
+    pub gold_matches_ground_truth: Option<bool>,
+    /// Size of each answer cluster among the consistency traces, largest first.
+    pub cluster_sizes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub gold_elapsed: f64,
+    pub consistency_elapsed: Vec<f64>,
+    pub total_elapsed: f64,
+    pub avg_elapsed: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// Stable: a hash of the question id and the teacher's settings, so a
+    /// rerun or a merge recognises the same episode.
+    pub episode_id: String,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// The CSV the episode was generated from.
+    pub csv_source: String,
+    pub source: QuestionSource,
+    pub dataset: String,
+    pub teacher: String,
+    pub question: Question,
+    pub gold_trace: Trace,
+    pub consistency_traces: Vec<Trace>,
+    pub verified: bool,
+    pub triangulation: Triangulation,
+    pub timing: Timing,
+    /// Why the episode is not verified (none when it is).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn difficulty_names_are_the_schema_names() {
+        for d in Difficulty::ALL {
+            assert_eq!(serde_json::to_value(d).unwrap(), json!(d.as_str()));
+        }
+    }
+
+    #[test]
+    fn hooks_from_workers_tolerate_odd_values() {
+        let raw = json!({"variable_name": null, "code_line": 3, "value": [1, 2],
+                         "value_hash": "ab", "depends_on": ["x", 1], "description": null});
+        let hook = Hook::from_worker(&raw);
+        assert_eq!(hook.variable_name, None);
+        assert_eq!(hook.code_line, "3");
+        assert_eq!(hook.depends_on, vec!["x".to_string(), "1".to_string()]);
+        assert_eq!(hook.value, json!([1, 2]));
+    }
+}

@@ -1,0 +1,58 @@
+//! Teachers answer questions by writing code that runs in the jail. They are
+//! interchangeable behind [`Teacher`]: the program teacher (reference and
+//! alternative programs, no network) now, the LLM teacher later. Whatever
+//! the teacher, [`triangulation`] decides whether the episode is verified.
+
+pub mod program;
+pub mod triangulation;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value;
+
+use crate::sandbox::Sandbox;
+use crate::schema::{Question, Trace};
+
+pub use program::ProgramTeacher;
+pub use triangulation::{triangulate, Verdict};
+
+/// A boxed future, so that `Teacher` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The traces a teacher produced for one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherRun {
+    /// The teacher with the hint (for the program teacher: the reference
+    /// program, one turn per step).
+    pub gold: Trace,
+    /// Independent runs without the hint (for the program teacher: each
+    /// alternative program).
+    pub consistency: Vec<Trace>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherError {
+    #[error("question {id} cannot be answered by the {teacher} teacher: {reason}")]
+    Unsupported {
+        id: String,
+        teacher: &'static str,
+        reason: String,
+    },
+}
+
+pub trait Teacher: Send + Sync {
+    /// `program` or `llm`; written into every episode.
+    fn name(&self) -> &'static str;
+    /// Everything about the teacher that can change an answer (model,
+    /// temperature, prompt version…). Part of each episode's fingerprint, so
+    /// a changed setting is new work, not a resumed one.
+    fn settings(&self) -> Value;
+    /// The gold trace and the consistency traces of one question, each in
+    /// its own fresh worker of `sandbox`.
+    fn answer<'a>(
+        &'a self,
+        sandbox: &'a Sandbox,
+        question: &'a Question,
+    ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>>;
+}

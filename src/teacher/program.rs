@@ -1,0 +1,67 @@
+//! The program teacher: the gold trace is the question's reference program,
+//! run as a multi-turn trace (one turn per step: the step's reasoning
+//! sentence, its code, its execution with hooks); each alternative program
+//! is a consistency trace in its own fresh worker. All traces of a question
+//! run concurrently. Needs no network.
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
+use crate::runner::run_steps;
+use crate::sandbox::Sandbox;
+use crate::schema::{ProgramStep, Question};
+
+/// Bumped when the way traces are produced changes, so old episodes are not
+/// mistaken for current ones on resume.
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default)]
+pub struct ProgramTeacher;
+
+impl Teacher for ProgramTeacher {
+    fn name(&self) -> &'static str {
+        "program"
+    }
+
+    fn settings(&self) -> Value {
+        json!({ "teacher": "program", "version": VERSION })
+    }
+
+    fn answer<'a>(
+        &'a self,
+        sandbox: &'a Sandbox,
+        question: &'a Question,
+    ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>> {
+        Box::pin(async move {
+            let Some(programs) = &question.programs else {
+                return Err(TeacherError::Unsupported {
+                    id: question.id.clone(),
+                    teacher: "program",
+                    reason: "it has no reference program (only template questions do)".into(),
+                });
+            };
+            let alternatives: Vec<(String, [ProgramStep; 1])> = programs
+                .alternatives
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        [ProgramStep {
+                            reasoning: a.reasoning.clone(),
+                            code: a.code.clone(),
+                        }],
+                    )
+                })
+                .collect();
+            let gold = run_steps(sandbox, "reference", &programs.reference);
+            let consistency = join_all(
+                alternatives
+                    .iter()
+                    .map(|(name, steps)| run_steps(sandbox, name, steps)),
+            );
+            let (gold, consistency) = futures::join!(gold, consistency);
+            Ok(TeacherRun { gold, consistency })
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! Triangulation: is the gold answer the one independent runs agree on?
+//! `verified` means the gold trace submitted, its answer matches the
+//! majority of the consistency traces (tolerant matching, ties to the
+//! earliest cluster), at least one consistency trace agrees with it, and,
+//! where the question has ground truth, it matches that too.
+
+use serde_json::Value;
+
+use crate::answers::{answers_match, vote};
+use crate::schema::{Question, Trace, Triangulation};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub triangulation: Triangulation,
+    pub verified: bool,
+    /// Why not verified; None when verified.
+    pub reason: Option<String>,
+}
+
+fn shown(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 160 {
+        format!("{}…", s.chars().take(160).collect::<String>())
+    } else {
+        s
+    }
+}
+
+pub fn triangulate(question: &Question, gold: &Trace, consistency: &[Trace]) -> Verdict {
+    let answers: Vec<Option<&Value>> = consistency
+        .iter()
+        .map(|t| t.final_answer.as_ref().filter(|_| t.success))
+        .collect();
+    let outcome = vote(&answers);
+    let majority = outcome.majority_cluster();
+    let majority_answer = majority.and_then(|c| c.members.first().and_then(|&i| answers[i]));
+    let gold_answer = gold.final_answer.as_ref().filter(|_| gold.success);
+    let gold_matches_majority = match (gold_answer, majority_answer) {
+        (Some(g), Some(m)) => answers_match(g, m),
+        _ => false,
+    };
+    let agreeing = match gold_answer {
+        Some(g) => answers
+            .iter()
+            .flatten()
+            .filter(|a| answers_match(g, a))
+            .count(),
+        None => 0,
+    };
+    let gold_matches_ground_truth = question
+        .ground_truth
+        .as_ref()
+        .map(|truth| gold_answer.is_some_and(|g| answers_match(g, truth)));
+    let mut cluster_sizes: Vec<u32> = outcome
+        .clusters
+        .iter()
+        .map(|c| c.members.len() as u32)
+        .collect();
+    cluster_sizes.sort_by(|a, b| b.cmp(a));
+    let succeeded = answers.iter().flatten().count();
+
+    let reason = if let (false, Some(e)) = (gold.success, &gold.error) {
+        Some(format!("gold trace failed: {e}"))
+    } else if gold_answer.is_none() {
+        Some("gold trace gave no answer".to_string())
+    } else if succeeded == 0 {
+        let why: Vec<String> = consistency
+            .iter()
+            .map(|t| format!("{}: {}", t.label, t.error.as_deref().unwrap_or("no answer")))
+            .collect();
+        Some(format!(
+            "no consistency trace succeeded ({})",
+            why.join("; ")
+        ))
+    } else if !gold_matches_majority || agreeing == 0 {
+        let disagreeing: Vec<String> = consistency
+            .iter()
+            .zip(&answers)
+            .filter_map(|(t, a)| {
+                let a = (*a)?;
+                (!gold_answer.is_some_and(|g| answers_match(g, a)))
+                    .then(|| format!("{} gave {}", t.label, shown(a)))
+            })
+            .collect();
+        Some(format!(
+            "programs disagree: gold gave {}; {}",
+            gold_answer.map(shown).unwrap_or_default(),
+            disagreeing.join("; ")
+        ))
+    } else if gold_matches_ground_truth == Some(false) {
+        Some(format!(
+            "gold answer {} differs from the ground truth {}",
+            gold_answer.map(shown).unwrap_or_default(),
+            question
+                .ground_truth
+                .as_ref()
+                .map(shown)
+                .unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    Verdict {
+        triangulation: Triangulation {
+            n_consistency_runs: consistency.len() as u32,
+            n_consistency_succeeded: succeeded as u32,
+            majority_answer_hash: majority.map(|c| c.hash.clone()),
+            majority_count: majority.map(|c| c.members.len() as u32).unwrap_or(0),
+            gold_matches_majority,
+            n_consistency_agreeing: agreeing as u32,
+            gold_matches_ground_truth,
+            cluster_sizes,
+        },
+        verified: reason.is_none(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Difficulty, QuestionSource};
+    use serde_json::json;
+
+    fn trace(label: &str, answer: Option<Value>) -> Trace {
+        Trace {
+            turns: Vec::new(),
+            final_answer_hash: answer.as_ref().map(crate::answers::answer_hash),
+            success: answer.is_some(),
+            error: answer
+                .is_none()
+                .then(|| "step 1: ValueError: boom".to_string()),
+            final_answer: answer,
+            label: label.into(),
+            elapsed: 0.0,
+        }
+    }
+
+    fn question(truth: Option<Value>) -> Question {
+        Question {
+            id: "q".into(),
+            question_text: "?".into(),
+            hint: None,
+            difficulty: Difficulty::Easy,
+            n_steps: 1,
+            template_name: None,
+            template_params: None,
+            output_type: None,
+            output_schema: None,
+            ground_truth_hash: None,
+            ground_truth_hashes: Vec::new(),
+            ground_truth: truth,
+            source: QuestionSource::Template,
+            dataset: "d".into(),
+            dataset_hash: "h".into(),
+            programs: None,
+        }
+    }
+
+    #[test]
+    fn agreement_within_tolerance_verifies() {
+        let v = triangulate(
+            &question(Some(json!(4.2))),
+            &trace("reference", Some(json!(4.2))),
+            &[trace("a", Some(json!(4.25))), trace("b", Some(json!(4.21)))],
+        );
+        assert!(v.verified, "{:?}", v.reason);
+        assert_eq!(v.triangulation.majority_count, 2);
+        assert_eq!(v.triangulation.n_consistency_agreeing, 2);
+        assert_eq!(v.triangulation.gold_matches_ground_truth, Some(true));
+    }
+
+    #[test]
+    fn a_disagreeing_program_is_reported_by_name() {
+        let v = triangulate(
+            &question(None),
+            &trace("reference", Some(json!(1))),
+            &[trace("by_hand", Some(json!(2)))],
+        );
+        assert!(!v.verified);
+        let reason = v.reason.unwrap();
+        assert!(
+            reason.contains("programs disagree") && reason.contains("by_hand gave 2"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn falsy_answers_count_and_failures_do_not() {
+        let v = triangulate(
+            &question(Some(json!(0))),
+            &trace("reference", Some(json!(0))),
+            &[trace("a", None), trace("b", Some(json!(0)))],
+        );
+        assert!(v.verified, "{:?}", v.reason);
+        assert_eq!(v.triangulation.n_consistency_succeeded, 1);
+        let v = triangulate(
+            &question(None),
+            &trace("reference", Some(json!(0))),
+            &[trace("a", None)],
+        );
+        assert!(!v.verified);
+        assert!(v.reason.unwrap().contains("no consistency trace succeeded"));
+    }
+
+    #[test]
+    fn ground_truth_must_agree_too() {
+        let v = triangulate(
+            &question(Some(json!("Adelie"))),
+            &trace("reference", Some(json!("Gentoo"))),
+            &[trace("a", Some(json!("gentoo")))],
+        );
+        assert!(!v.verified);
+        assert_eq!(v.triangulation.gold_matches_ground_truth, Some(false));
+    }
+
+    #[test]
+    fn a_failed_gold_trace_is_the_reason() {
+        let v = triangulate(
+            &question(None),
+            &trace("reference", None),
+            &[trace("a", Some(json!(1)))],
+        );
+        assert!(v.reason.unwrap().starts_with("gold trace failed"));
+    }
+}
