@@ -297,6 +297,33 @@ class LoadTests(unittest.TestCase):
         self.addCleanup(worker.close)
         self.assertEqual(worker.run("list(df.columns)")["result"], "['a', 'b']")
 
+    def test_utf16_with_bom_is_decoded(self) -> None:
+        process, ready = self.start("a,b\n1,é\n2,ü\n".encode("utf-16"))
+        self.assertEqual((ready["separator"], ready["encoding"], ready["columns"]), (",", "utf-16", 2))
+        worker = process.fork()
+        self.addCleanup(worker.close)
+        self.assertEqual(worker.run("df['b'].tolist()")["result"], "['é', 'ü']")
+
+    def load_error(self, content: bytes) -> str:
+        path = os.path.join(self.tmp.name, "bad.csv")
+        with open(path, "wb") as handle:
+            handle.write(content)
+        process = ZygoteProcess(path)
+        frame = process.read()
+        self.assertEqual(process.process.wait(timeout=30), 1)
+        process.control.sock.close()
+        process.log.close()
+        self.assertEqual(frame.message["type"], "load_error")
+        return frame.message["error"]
+
+    def test_utf16_without_bom_is_refused_with_the_reason(self) -> None:
+        error = self.load_error("a,b\n1,2\n3,4\n".encode("utf-16-le"))
+        self.assertIn("UTF-16 text without a byte-order mark", error)
+
+    def test_binary_file_is_refused_with_the_reason(self) -> None:
+        error = self.load_error(bytes(range(256)) * 8)
+        self.assertIn("binary file, not CSV", error)
+
     def test_missing_file_is_a_load_error(self) -> None:
         process = ZygoteProcess(os.path.join(self.tmp.name, "absent.csv"))
         frame = process.read()

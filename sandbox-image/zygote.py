@@ -472,6 +472,27 @@ def sniff_separator(sample: str, complete: bool) -> str:
     return best if counts[best] > 0 else ","
 
 
+def wide_encoding(head: bytes) -> Optional[str]:
+    """UTF-16/32 announced by a byte-order mark (spreadsheet "Unicode text" exports)."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return None
+
+
+def binary_reason(path: str, head: bytes) -> str:
+    """Why a file with NUL bytes (and no byte-order mark) is not loaded."""
+    sample = head[:4096]
+    even, odd = sample[0::2], sample[1::2]
+    if sample and (odd.count(0) > 0.4 * len(odd) or even.count(0) > 0.4 * len(even)):
+        return (
+            f"{path} looks like UTF-16 text without a byte-order mark, which cannot be read "
+            "reliably; save it as UTF-8 (or UTF-16 with a BOM)"
+        )
+    return f"{path} contains NUL bytes at offset {head.index(0)}: a binary file, not CSV text"
+
+
 def load_csv(path: str) -> tuple[Any, str, str]:
     """Read the dataset: (frame, separator, encoding)."""
     try:
@@ -482,16 +503,23 @@ def load_csv(path: str) -> tuple[Any, str, str]:
     if not head.strip():
         raise LoadError(f"{path} is empty")
     complete = len(head) <= SNIFF_BYTES
+    wide = wide_encoding(head)
+    if wide is None and b"\x00" in head:
+        raise LoadError(binary_reason(path, head))
     # Separators are ASCII, so undecodable bytes do not matter for sniffing.
-    sample = head[:SNIFF_BYTES].decode("utf-8-sig", "replace")
+    sample = head[:SNIFF_BYTES].decode(wide or "utf-8-sig", "replace")
     separator = sniff_separator(sample, complete)
     try:
-        try:
-            frame = pd.read_csv(path, sep=separator, encoding="utf-8-sig")
-            encoding = "utf-8"
-        except UnicodeDecodeError:
-            frame = pd.read_csv(path, sep=separator, encoding="latin-1")
-            encoding = "latin-1"
+        if wide is not None:
+            frame = pd.read_csv(path, sep=separator, encoding=wide)
+            encoding = wide
+        else:
+            try:
+                frame = pd.read_csv(path, sep=separator, encoding="utf-8-sig")
+                encoding = "utf-8"
+            except UnicodeDecodeError:
+                frame = pd.read_csv(path, sep=separator, encoding="latin-1")
+                encoding = "latin-1"
     except Exception as exc:  # pandas raises many types; all mean "cannot load"
         raise LoadError(f"cannot parse {path} (separator {separator!r}): {type(exc).__name__}: {exc}") from None
     return frame, separator, encoding
