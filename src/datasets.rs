@@ -84,6 +84,9 @@ pub enum LoadCheck {
     Unreadable { reason: String },
 }
 
+/// A folder of the registry: its slug and the dataset, or why it is unusable.
+pub type RegistryEntry = (String, Result<Dataset, DatasetError>);
+
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
@@ -139,7 +142,7 @@ impl Registry {
     /// Like [`Registry::list`], but a folder whose description cannot be
     /// read is returned with its error instead of failing the whole listing
     /// (a run fails that dataset alone).
-    pub fn entries(&self) -> Result<Vec<(String, Result<Dataset, DatasetError>)>, DatasetError> {
+    pub fn entries(&self) -> Result<Vec<RegistryEntry>, DatasetError> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io("reading", &self.root))? {
             let entry = entry.map_err(io("reading", &self.root))?;

@@ -101,6 +101,9 @@ pub struct RunSettings {
     pub allow_degraded: bool,
     /// Stop after writing the questions files (`csv-agent questions`).
     pub questions_only: bool,
+    /// The executable re-run as the jail init (default: this process's own;
+    /// a library user such as a benchmark points it at `csv-agent`).
+    pub init_program: Option<PathBuf>,
 }
 
 /// How the pipeline reports progress (the CLI draws bars or prints lines).
@@ -424,6 +427,9 @@ async fn prepare_and_answer(
         SandboxOptions::new(&dataset.csv, settings.image.clone()).map_err(|e| e.to_string())?;
     opts.allow_degraded = settings.allow_degraded;
     opts.spare_workers = settings.question_concurrency.clamp(1, 8);
+    if let Some(init) = &settings.init_program {
+        opts.init_program = init.clone();
+    }
     let sandbox = Sandbox::start(opts).await.map_err(|e| e.to_string())?;
     info!(
         "sandbox {} ready in {:.1} s: {} rows x {} columns",

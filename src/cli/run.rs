@@ -141,6 +141,7 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
         image,
         allow_degraded: select.allow_degraded,
         questions_only,
+        init_program: None,
     })
 }
 

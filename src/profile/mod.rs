@@ -39,6 +39,9 @@ pub struct ColumnProfile {
     pub min: Option<f64>,
     #[serde(default)]
     pub max: Option<f64>,
+    /// Rows of the rarest level of a categorical column (None otherwise).
+    #[serde(default)]
+    pub min_level_count: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -67,6 +67,9 @@ def _csv_agent_profile(df):
                 # values (log transforms) before anything runs.
                 "min": finite(s.min()) if kind == "numeric" else None,
                 "max": finite(s.max()) if kind == "numeric" else None,
+                # Rows of the rarest level of a categorical column, so group
+                # tests can ask for enough values in every group.
+                "min_level_count": int(s.value_counts().min()) if kind == "categorical" and s.notna().any() else None,
             }
         )
 

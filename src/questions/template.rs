@@ -72,6 +72,9 @@ pub struct SlotSpec {
     pub has_missing: bool,
     #[serde(default)]
     pub max_missing_share: Option<f64>,
+    /// Every level of a categorical column has at least this many rows.
+    #[serde(default)]
+    pub min_level_count: Option<u64>,
 }
 
 impl SlotSpec {
@@ -97,6 +100,11 @@ impl SlotSpec {
             .is_some_and(|m| column.missing_share > m)
         {
             return false;
+        }
+        if let Some(m) = self.min_level_count {
+            if column.min_level_count.is_none_or(|c| c < m) {
+                return false;
+            }
         }
         true
     }
@@ -599,6 +607,7 @@ code = "submit(df[${x}].sum() / df[${x}].count())"
             target_ok: kind != ColumnKind::IdLike,
             min,
             max: None,
+            min_level_count: None,
         };
         DataProfile {
             rows: 100,
