@@ -37,7 +37,12 @@ fn own_cpu() -> f64 {
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat; here offsets 11 and 12.
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -78,9 +83,12 @@ fn main() {
     let runs = flag("--runs").unwrap_or(3).max(1);
     let max_questions = flag("--max-questions");
     let image = image::ensure(&ImageSpec::from_env(), &Quiet).expect("the image builds");
-    let registry = Registry::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")).expect("registry");
+    let registry =
+        Registry::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")).expect("registry");
     let datasets = registry.list().expect("datasets");
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let out = tempfile::tempdir().expect("tempdir");
 
@@ -90,7 +98,9 @@ fn main() {
         let mut opts = SandboxOptions::new(&d.csv, image.clone()).expect("options");
         opts.init_program = init_program();
         let t = Instant::now();
-        let sandbox = runtime.block_on(Sandbox::start(opts)).expect("sandbox starts");
+        let sandbox = runtime
+            .block_on(Sandbox::start(opts))
+            .expect("sandbox starts");
         starts.push(t.elapsed().as_secs_f64());
         runtime.block_on(sandbox.shutdown());
     }
@@ -102,7 +112,10 @@ fn main() {
         datasets.len(),
         max_questions.map(|m| format!(", at most {m} questions per dataset")).unwrap_or_default()
     );
-    println!("{:>4} {:>8} {:>9} {:>9} {:>11}", "run", "wall s", "episodes", "verified", "episodes/s");
+    println!(
+        "{:>4} {:>8} {:>9} {:>9} {:>11}",
+        "run", "wall s", "episodes", "verified", "episodes/s"
+    );
     let mut figures = Vec::new();
     for i in 0..runs {
         let settings = RunSettings {
@@ -122,7 +135,11 @@ fn main() {
         let cpu_before = own_cpu();
         let t = Instant::now();
         let summary = runtime
-            .block_on(pipeline::run(settings, Arc::new(ProgramTeacher), Arc::new(Silent)))
+            .block_on(pipeline::run(
+                settings,
+                Arc::new(ProgramTeacher),
+                Arc::new(Silent),
+            ))
             .expect("the run completes");
         let wall = t.elapsed().as_secs_f64();
         let supervisor_cpu = own_cpu() - cpu_before;
@@ -161,7 +178,11 @@ fn main() {
     // The run whose wall time is the median, for the breakdown.
     let f = figures
         .iter()
-        .min_by(|a, b| (a.wall - med_wall).abs().total_cmp(&(b.wall - med_wall).abs()))
+        .min_by(|a, b| {
+            (a.wall - med_wall)
+                .abs()
+                .total_cmp(&(b.wall - med_wall).abs())
+        })
         .expect("at least one run");
     let overhead = (f.trace_wall - f.execution).max(0.0);
     println!("\nmedian: {med_wall:.1} s per run, {rate:.2} episodes/s");
