@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::answers::answer_hash;
 use crate::sandbox::{CellResult, CellStatus, Sandbox};
-use crate::schema::{Execution, Hook, ProgramStep, Trace, Turn};
+use crate::schema::{Execution, Hook, ProgramStep, Programs, Trace, Turn};
 
 /// The execution record of one cell.
 pub fn execution(cell: &CellResult) -> Execution {
@@ -87,4 +87,28 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         error,
         elapsed: started.elapsed().as_secs_f64(),
     }
+}
+
+/// The reference program (one turn per step) and each alternative (one
+/// turn), every one in its own fresh worker, all concurrently.
+pub async fn run_programs(sandbox: &Sandbox, programs: &Programs) -> (Trace, Vec<Trace>) {
+    let alternatives: Vec<[ProgramStep; 1]> = programs
+        .alternatives
+        .iter()
+        .map(|a| {
+            [ProgramStep {
+                reasoning: a.reasoning.clone(),
+                code: a.code.clone(),
+            }]
+        })
+        .collect();
+    let reference = run_steps(sandbox, "reference", &programs.reference);
+    let others = futures::future::join_all(
+        programs
+            .alternatives
+            .iter()
+            .zip(&alternatives)
+            .map(|(a, steps)| run_steps(sandbox, &a.name, steps)),
+    );
+    futures::join!(reference, others)
 }

@@ -8,16 +8,6 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn csv_agent(args: &[&str]) -> Output {
-    // The image is built (once, shared by every test) before the binary
-    // needs it, so no test pays for the build inside its own timing.
-    let _ = image();
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
 /// One JSON object per line of stdout (the `--json` contract).
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     stdout(o)

@@ -19,14 +19,6 @@ fn registry() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")
 }
 
-fn csv_agent(args: &[&str]) -> Output {
-    let _ = image();
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -492,18 +484,21 @@ fn the_questions_command_writes_ground_truth_and_no_episodes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let reg = registry();
-    let o = csv_agent(&[
-        "questions",
-        "--datasets",
-        path(&reg),
-        "--only",
-        "seattle-weather",
-        "--max-questions",
-        "5",
-        "--out",
-        path(&out),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let make = |out: &Path| {
+        let o = csv_agent(&[
+            "questions",
+            "--datasets",
+            path(&reg),
+            "--only",
+            "seattle-weather",
+            "--max-questions",
+            "5",
+            "--out",
+            path(out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    };
+    make(&out);
     let qs = questions(&out, "seattle-weather");
     assert_eq!(qs.len(), 5);
     let templates: HashSet<_> = qs.iter().map(|q| q.template_name.clone()).collect();
@@ -523,18 +518,7 @@ fn the_questions_command_writes_ground_truth_and_no_episodes() {
     );
     // Same inputs, same question ids.
     let again = dir.path().join("again");
-    let o = csv_agent(&[
-        "questions",
-        "--datasets",
-        path(&reg),
-        "--only",
-        "seattle-weather",
-        "--max-questions",
-        "5",
-        "--out",
-        path(&again),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    make(&again);
     let ids = |qs: Vec<Question>| qs.into_iter().map(|q| q.id).collect::<Vec<_>>();
     assert_eq!(ids(questions(&again, "seattle-weather")), ids(qs));
 }

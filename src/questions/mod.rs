@@ -4,12 +4,10 @@
 
 pub mod template;
 
-use futures::future::join_all;
-
 use crate::answers::{answer_hash, answers_match};
-use crate::runner::run_steps;
+use crate::runner::run_programs;
 use crate::sandbox::Sandbox;
-use crate::schema::{ProgramStep, Question};
+use crate::schema::Question;
 
 pub use template::{catalog, catalog_hash, Template, TemplateError};
 
@@ -35,25 +33,7 @@ pub async fn establish_ground_truth(
             reason: "the question has no programs to compute its ground truth".into(),
         });
     };
-    let alternatives: Vec<[ProgramStep; 1]> = programs
-        .alternatives
-        .iter()
-        .map(|a| {
-            [ProgramStep {
-                reasoning: a.reasoning.clone(),
-                code: a.code.clone(),
-            }]
-        })
-        .collect();
-    let reference = run_steps(sandbox, "reference", &programs.reference);
-    let others = join_all(
-        programs
-            .alternatives
-            .iter()
-            .zip(&alternatives)
-            .map(|(a, steps)| run_steps(sandbox, &a.name, steps)),
-    );
-    let (reference, others) = futures::join!(reference, others);
+    let (reference, others) = run_programs(sandbox, &programs).await;
     let Some(truth) = reference.final_answer.clone().filter(|_| reference.success) else {
         return Err(QuestionFailure {
             reason: format!(

@@ -4,13 +4,12 @@
 //! is a consistency trace in its own fresh worker. All traces of a question
 //! run concurrently. Needs no network.
 
-use futures::future::join_all;
 use serde_json::{json, Value};
 
 use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
-use crate::runner::run_steps;
+use crate::runner::run_programs;
 use crate::sandbox::Sandbox;
-use crate::schema::{ProgramStep, Question};
+use crate::schema::Question;
 
 /// Bumped when the way traces are produced changes, so old episodes are not
 /// mistaken for current ones on resume.
@@ -41,26 +40,7 @@ impl Teacher for ProgramTeacher {
                     reason: "it has no reference program (only template questions do)".into(),
                 });
             };
-            let alternatives: Vec<(String, [ProgramStep; 1])> = programs
-                .alternatives
-                .iter()
-                .map(|a| {
-                    (
-                        a.name.clone(),
-                        [ProgramStep {
-                            reasoning: a.reasoning.clone(),
-                            code: a.code.clone(),
-                        }],
-                    )
-                })
-                .collect();
-            let gold = run_steps(sandbox, "reference", &programs.reference);
-            let consistency = join_all(
-                alternatives
-                    .iter()
-                    .map(|(name, steps)| run_steps(sandbox, name, steps)),
-            );
-            let (gold, consistency) = futures::join!(gold, consistency);
+            let (gold, consistency) = run_programs(sandbox, programs).await;
             Ok(TeacherRun { gold, consistency })
         })
     }

@@ -32,6 +32,17 @@ pub fn image() -> Image {
         .clone()
 }
 
+/// Run the real binary. The image is built (once, shared by every test)
+/// before the binary needs it, so no test pays for the build inside its
+/// own timing.
+pub fn csv_agent(args: &[&str]) -> std::process::Output {
+    let _ = image();
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
 /// A world-readable directory that lives as long as the returned guard.
 pub fn world_readable_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
