@@ -3,6 +3,7 @@
 
 mod datasets;
 mod doctor;
+mod export;
 mod image;
 mod progress;
 mod results;
@@ -42,6 +43,12 @@ enum Command {
     Inspect(results::InspectArgs),
     /// Join the outputs of shard runs, dropping duplicates.
     Merge(results::MergeArgs),
+    /// Turn episodes into training data: sft, sft-tools, sft-interleaved,
+    /// prm, orm, dpo, kto or rl (JSON Lines for TRL or OpenAI).
+    Export(export::ExportArgs),
+    /// Divide episodes into train / val / test files, grouped and
+    /// stratified by difficulty, the same for the same seed.
+    Split(export::SplitArgs),
     /// Show each isolation layer as measured inside a real jail.
     Doctor(doctor::DoctorArgs),
     /// The dataset registry: list, show, add.
@@ -88,6 +95,8 @@ pub fn main() -> i32 {
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
                 Command::Merge(args) => results::merge(args),
+                Command::Export(args) => export::export(args),
+                Command::Split(args) => export::split(args),
                 Command::Doctor(args) => doctor::run(args).await,
                 Command::Datasets(args) => datasets::run(args).await,
                 Command::Sandbox(cmd) => sandbox::run(cmd).await,
