@@ -68,6 +68,7 @@ struct RunFigures {
     traces: usize,
     cells: usize,
     trace_wall: f64,
+    worker_wait: f64,
     execution: f64,
     supervisor_cpu: f64,
 }
@@ -156,6 +157,7 @@ fn main() {
             traces: traces.len(),
             cells: traces.iter().map(|t| t.turns.len()).sum(),
             trace_wall: traces.iter().map(|t| t.elapsed).sum(),
+            worker_wait: traces.iter().map(|t| t.worker_wait).sum(),
             execution: traces
                 .iter()
                 .flat_map(|t| t.turns.iter())
@@ -184,7 +186,7 @@ fn main() {
                 .total_cmp(&(b.wall - med_wall).abs())
         })
         .expect("at least one run");
-    let overhead = (f.trace_wall - f.execution).max(0.0);
+    let overhead = (f.trace_wall - f.worker_wait - f.execution).max(0.0);
     println!("\nmedian: {med_wall:.1} s per run, {rate:.2} episodes/s");
     println!("where the time goes (median run; traces of a question run concurrently, so sums exceed wall time):");
     println!(
@@ -203,10 +205,16 @@ fn main() {
         1000.0 * f.execution / f.cells.max(1) as f64
     );
     println!(
-        "  fork + protocol (wall − exec)   {:.1} s ({:.0} %, {:.1} ms per trace)",
+        "  waiting for a worker (fork)     {:.1} s ({:.0} %, {:.1} ms per trace)",
+        f.worker_wait,
+        100.0 * f.worker_wait / f.trace_wall.max(1e-9),
+        1000.0 * f.worker_wait / f.traces.max(1) as f64
+    );
+    println!(
+        "  protocol + scheduling (rest)    {:.1} s ({:.0} %, {:.1} ms per cell)",
         overhead,
         100.0 * overhead / f.trace_wall.max(1e-9),
-        1000.0 * overhead / f.traces.max(1) as f64
+        1000.0 * overhead / f.cells.max(1) as f64
     );
     println!(
         "  supervisor CPU (user + sys)     {:.2} s ({:.1} ms per episode)",

@@ -50,6 +50,17 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
     let mut turns = Vec::new();
     let mut error = None;
     let mut final_answer = None;
+    // Waiting for a worker is measured apart from the cells (the pipeline
+    // bench reports it); a failure here is the first cell's failure.
+    let ready = task.ready().await;
+    let worker_wait = started.elapsed().as_secs_f64();
+    let steps: &[ProgramStep] = match ready {
+        Ok(()) => steps,
+        Err(e) => {
+            error = Some(format!("no worker: the sandbox failed: {e}"));
+            &[]
+        }
+    };
     for (i, step) in steps.iter().enumerate() {
         let cell = match task.run_cell(&step.code).await {
             Ok(cell) => cell,
@@ -86,6 +97,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         label: label.to_string(),
         error,
         elapsed: started.elapsed().as_secs_f64(),
+        worker_wait,
     }
 }
 

@@ -198,7 +198,11 @@ pub struct Trace {
     /// Why the trace failed, when it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// Seconds, wall clock, the whole trace.
     pub elapsed: f64,
+    /// Of which waiting for a fresh worker (a spare, or a fork of the zygote).
+    #[serde(default)]
+    pub worker_wait: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -739,6 +739,7 @@ mod tests {
             label: String::new(),
             error: None,
             elapsed: 0.0,
+            worker_wait: 0.0,
         }
     }
 

@@ -1660,6 +1660,16 @@ impl Task {
         result
     }
 
+    /// Acquire the task's worker now (a spare or a fresh fork) rather than
+    /// in the first cell, so callers can tell waiting for a worker from
+    /// running code.
+    pub async fn ready(&mut self) -> Result<(), SandboxError> {
+        if self.worker.is_none() {
+            self.worker = Some(self.sandbox.acquire().await?);
+        }
+        Ok(())
+    }
+
     /// Workers that had to be replaced after a lost one.
     pub fn restarts(&self) -> u64 {
         self.restarts

@@ -133,6 +133,7 @@ mod tests {
             final_answer: answer,
             label: label.into(),
             elapsed: 0.0,
+            worker_wait: 0.0,
         }
     }
 
