@@ -131,6 +131,7 @@ fn main() {
             image: image.clone(),
             allow_degraded: false,
             questions_only: false,
+            templates: None,
             init_program: Some(init_program()),
         };
         let cpu_before = own_cpu();

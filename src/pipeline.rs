@@ -23,7 +23,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::datasets::Dataset;
 use crate::profile::{profile, DataProfile};
-use crate::questions::{self, catalog_hash, establish_ground_truth, Template};
+use crate::questions::{self, establish_ground_truth, Template};
 use crate::sandbox::{Image, Sandbox, SandboxOptions};
 use crate::schema::{Episode, Question, Timing};
 use crate::store::{
@@ -99,6 +99,8 @@ pub struct RunSettings {
     pub fresh: bool,
     pub image: Image,
     pub allow_degraded: bool,
+    /// More templates (`--templates DIR`), ahead of the built-in catalog.
+    pub templates: Option<PathBuf>,
     /// Stop after writing the questions files (`csv-agent questions`).
     pub questions_only: bool,
     /// The executable re-run as the jail init (default: this process's own;
@@ -215,13 +217,13 @@ pub async fn run(
     if settings.fresh {
         store::clear_outputs(&settings.out)?;
     }
-    let catalog = questions::catalog()?;
+    let (catalog, catalog_hash) = questions::catalog_with(settings.templates.as_deref())?;
     let episodes = EpisodeLog::open(&settings.out.join(EPISODES_FILE))?;
     let manifest = Manifest::open(&settings.out.join(MANIFEST_FILE))?;
     let written = episodes.ids()?;
     reconcile(&settings.out, &manifest, &written)?;
     let shared = Arc::new(Shared {
-        catalog_hash: catalog_hash(),
+        catalog_hash,
         catalog,
         teacher,
         reporter,

@@ -570,3 +570,94 @@ fn bad_flags_are_refused_before_any_work() {
     }
     assert!(!out.join("episodes.jsonl").exists(), "nothing ran");
 }
+
+const WRONG_TEMPLATE: &str = r#"
+name = "wrong_mean"
+description = "A deliberately wrong template"
+difficulty = "EASY"
+n_steps = 1
+question = "What is the mean of ${x}, ignoring missing values?"
+hint = "Series.mean()"
+output_type = "scalar"
+output_schema = "number"
+max_bindings = 1
+[slots]
+# Not `year`, whose mean equals its median.
+x = { kind = "numeric", min_distinct = 100 }
+[[steps]]
+reasoning = "Take the mean."
+code = """
+col = ${x}
+m = df[col].mean()
+hook(m, "m = df[col].mean()", name="mean")
+submit(round(float(m), 4))
+"""
+[[alternatives]]
+name = "median_by_mistake"
+reasoning = "Take the median (wrong on purpose)."
+code = """
+submit(round(float(df[${x}].median()), 4))
+"""
+"#;
+
+/// A template whose alternative computes something else (the median, not
+/// the mean): the run records the episode unverified with a reason naming
+/// the disagreeing program; it is not a failure of the run.
+#[test]
+fn a_wrong_template_is_caught_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(templates.join("wrong_mean.toml"), WRONG_TEMPLATE).expect("write template");
+    let out = dir.path().join("out");
+    let reg = registry();
+    let o = csv_agent(&[
+        "run",
+        "--datasets",
+        path(&reg),
+        "--only",
+        "grunfeld",
+        "--templates",
+        path(&templates),
+        "--max-questions",
+        "1",
+        "--out",
+        path(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let all = episodes(&out);
+    assert_eq!(all.len(), 1);
+    let e = &all[0];
+    assert_eq!(e.question.template_name.as_deref(), Some("wrong_mean"));
+    assert!(!e.verified);
+    assert!(!e.triangulation.gold_matches_majority);
+    let reason = e.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("programs disagree") && reason.contains("median_by_mistake"),
+        "{reason}"
+    );
+    assert_eq!(
+        dataset_summary(&summary(&out), "grunfeld")["disagreements"],
+        1
+    );
+    // Only answers that agree with the reference are ground truth.
+    assert_eq!(e.question.ground_truth_hashes.len(), 1);
+
+    // A broken template is refused before anything runs.
+    std::fs::write(templates.join("broken.toml"), "name = \"broken\"\n").expect("write");
+    let o = csv_agent(&[
+        "run",
+        "--datasets",
+        path(&reg),
+        "--templates",
+        path(&templates),
+        "--out",
+        path(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("broken"),
+        "{}",
+        text(&o)
+    );
+}

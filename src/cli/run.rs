@@ -57,6 +57,10 @@ pub struct SelectArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// Your own template files (*.toml, format in docs/templates.md), used
+    /// ahead of the built-in catalog.
+    #[arg(long)]
+    templates: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,10 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
     if select.max_questions == Some(0) {
         bail!("--max-questions must be at least 1");
     }
+    if let Some(dir) = &select.templates {
+        // A broken template is a usage error, found before any jail starts.
+        crate::questions::catalog_with(Some(dir))?;
+    }
     let image = super::image::ensure_image().await?;
     Ok(RunSettings {
         jobs: select.jobs.unwrap_or_else(|| default_jobs(datasets.len())),
@@ -141,6 +149,7 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
         image,
         allow_degraded: select.allow_degraded,
         questions_only,
+        templates: select.templates,
         init_program: None,
     })
 }

@@ -9,7 +9,7 @@ use crate::runner::run_programs;
 use crate::sandbox::Sandbox;
 use crate::schema::Question;
 
-pub use template::{catalog, catalog_hash, Template, TemplateError};
+pub use template::{catalog, catalog_hash, catalog_with, Template, TemplateError};
 
 /// Why a question has no ground truth.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -444,17 +444,79 @@ pub fn catalog() -> Result<Vec<Template>, TemplateError> {
         .collect()
 }
 
-/// A hash of everything in the catalog: part of the key that says whether a
-/// dataset's questions file is still current.
+/// A hash of everything in the embedded catalog: part of the key that says
+/// whether a dataset's questions file is still current.
 pub fn catalog_hash() -> String {
+    files_hash(TEMPLATE_FILES.iter().map(|(f, t)| (*f, *t)))
+}
+
+fn files_hash<'a>(files: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut h = Sha256::new();
-    for (file, text) in TEMPLATE_FILES {
+    for (file, text) in files {
         h.update(file.as_bytes());
         h.update([0]);
         h.update(text.as_bytes());
         h.update([0]);
     }
     hex::encode(h.finalize())[..16].to_string()
+}
+
+/// The user's own templates (`--templates DIR`: every `*.toml` in DIR, in
+/// name order) ahead of the embedded catalog, so a small `--max-questions`
+/// reaches them first; and the hash of the whole set. A user template may
+/// not take a built-in template's name.
+pub fn catalog_with(
+    dir: Option<&std::path::Path>,
+) -> Result<(Vec<Template>, String), TemplateError> {
+    let builtin = catalog()?;
+    let Some(dir) = dir else {
+        return Ok((builtin, catalog_hash()));
+    };
+    let unreadable = |reason: String| TemplateError::Invalid {
+        file: dir.display().to_string(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| unreadable(format!("cannot read the templates directory: {e}")))?;
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(unreadable("no *.toml template files in it".into()));
+    }
+    let mut files = Vec::new();
+    for path in &paths {
+        let text = std::fs::read_to_string(path).map_err(|e| TemplateError::Invalid {
+            file: path.display().to_string(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((stem, text));
+    }
+    let mut all = Vec::new();
+    for (stem, text) in &files {
+        let t = Template::parse(stem, text)?;
+        if builtin.iter().any(|b| b.name == t.name) {
+            return Err(TemplateError::Invalid {
+                file: stem.clone(),
+                reason: "a built-in template has this name; rename the file and its `name`".into(),
+            });
+        }
+        all.push(t);
+    }
+    all.extend(builtin);
+    let hash = files_hash(
+        files
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .chain(TEMPLATE_FILES.iter().map(|(f, t)| (*f, *t))),
+    );
+    Ok((all, hash))
 }
 
 pub(crate) fn short_hash(text: &str) -> String {
