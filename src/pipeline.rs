@@ -263,7 +263,9 @@ pub async fn run(
     let summary = RunSummary {
         teacher: shared.teacher.name().to_string(),
         shard: shared.settings.shard,
-        episodes: shared.episodes.ids()?.len() as u64,
+        // The set read at open and extended by every append: no second
+        // pass over the episodes file.
+        episodes: shared.written.lock().map(|w| w.len()).unwrap_or(0) as u64,
         verified: summaries.iter().map(|d| d.verified).sum(),
         datasets: summaries,
         elapsed: started.elapsed().as_secs_f64(),
