@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod formats;
+pub mod llm;
 pub mod logs;
 pub mod pipeline;
 pub mod profile;

@@ -495,7 +495,7 @@ async fn answer_dataset(
     shared.reporter.dataset_started(&dataset.slug, n, already);
     let concurrency = shared.settings.question_concurrency.max(1);
     let outcomes: Vec<Result<(), String>> = stream::iter(todo)
-        .map(|(fp, q)| answer_question(shared, dataset, sandbox, fp, q))
+        .map(|(fp, q)| answer_question(shared, dataset, sandbox, &data_profile, fp, q))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -677,13 +677,14 @@ async fn answer_question(
     shared: &Shared,
     dataset: &Dataset,
     sandbox: &Sandbox,
+    data_profile: &DataProfile,
     fingerprint: String,
     question: Question,
 ) -> Result<(), String> {
     let started = Instant::now();
     let slug = &dataset.slug;
     let teacher = shared.teacher.as_ref();
-    let run = match teacher.answer(sandbox, &question).await {
+    let run = match teacher.answer(sandbox, &question, data_profile).await {
         Ok(run) => run,
         Err(e) => {
             let row = QuestionRow {
@@ -734,6 +735,7 @@ async fn answer_question(
             avg_elapsed: all.iter().sum::<f64>() / all.len() as f64,
         },
         reason: verdict.reason,
+        diagnosis: verdict.diagnosis.map(|d| d.as_str().to_string()),
     };
     match &episode.reason {
         None => info!(

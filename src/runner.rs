@@ -79,6 +79,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
             reasoning: step.reasoning.clone(),
             code: step.code.clone(),
             execution,
+            fresh_worker: false,
         });
         if !ok {
             error = Some(format!("step {}: {}", i + 1, error_summary(&cell)));
@@ -98,6 +99,10 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         error,
         elapsed: started.elapsed().as_secs_f64(),
         worker_wait,
+        stop: None,
+        format_errors: 0,
+        corrections: Vec::new(),
+        usage: None,
     }
 }
 

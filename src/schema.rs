@@ -124,6 +124,10 @@ pub struct Hook {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Whether `code_line` appears in the code that ran. Checked for model
+    /// code (the LLM teacher); absent where the code is ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grounded: Option<bool>,
 }
 
 impl Hook {
@@ -154,6 +158,7 @@ impl Hook {
             value_hash: text("value_hash").unwrap_or_default(),
             depends_on,
             description: text("description"),
+            grounded: None,
         }
     }
 }
@@ -182,6 +187,64 @@ pub struct Turn {
     pub reasoning: String,
     pub code: String,
     pub execution: Execution,
+    /// The cell ran in a fresh worker because the previous one was lost
+    /// (timeout, out of memory, crash): earlier variables are gone.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fresh_worker: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A failed turn followed by a successful one: the model corrected itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Correction {
+    /// The successful turn.
+    pub turn_index: u32,
+    /// The failed turn it corrects.
+    pub corrects_turn: u32,
+    /// The failed turn's error (`KeyError`, `timeout`, …).
+    pub error_type: String,
+    /// Unified line diff from the failed code to the corrected code.
+    pub diff: String,
+}
+
+/// Tokens, requests and time spent talking to a model. Summed per trace,
+/// per dataset and per run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Successful requests (one per reply).
+    pub requests: u64,
+    /// Attempts that were retried (429, 5xx, timeouts, connection errors).
+    pub retries: u64,
+    /// Seconds from sending a request to its reply, retries included,
+    /// waiting for a free request slot excluded.
+    pub latency_s: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.requests += other.requests;
+        self.retries += other.retries;
+        self.latency_s += other.latency_s;
+    }
+
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.retries == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +266,19 @@ pub struct Trace {
     /// Of which waiting for a fresh worker (a spare, or a fork of the zygote).
     #[serde(default)]
     pub worker_wait: f64,
+    /// Why a model-driven trace ended: `submitted`, `max_turns`,
+    /// `worker_lost`, `format_errors`, `model_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Replies without exactly one python code block (each got a corrective
+    /// message and is not a turn).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub format_errors: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<Correction>,
+    /// What the model cost for this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +325,10 @@ pub struct Episode {
     /// Why the episode is not verified (none when it is).
     #[serde(default)]
     pub reason: Option<String>,
+    /// For unverified episodes, the kind of failure: `execution_failure`,
+    /// `hint_necessary`, `ambiguous`, `too_hard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<String>,
 }
 
 #[cfg(test)]

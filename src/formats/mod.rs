@@ -740,6 +740,10 @@ mod tests {
             error: None,
             elapsed: 0.0,
             worker_wait: 0.0,
+            stop: None,
+            format_errors: 0,
+            corrections: Vec::new(),
+            usage: None,
         }
     }
 

@@ -119,6 +119,7 @@ mod tests {
             value_hash: hash.into(),
             depends_on: Vec::new(),
             description: None,
+            grounded: None,
         }
     }
 
@@ -138,6 +139,7 @@ mod tests {
                 error: None,
                 elapsed_ms: 0.0,
             },
+            fresh_worker: false,
         }
     }
 

@@ -4,6 +4,7 @@
 //! the teacher, [`triangulation`] decides whether the episode is verified.
 
 pub mod program;
+pub mod reply;
 pub mod triangulation;
 
 use std::future::Future;
@@ -11,11 +12,12 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
+use crate::profile::DataProfile;
 use crate::sandbox::Sandbox;
 use crate::schema::{Question, Trace};
 
 pub use program::ProgramTeacher;
-pub use triangulation::{triangulate, Verdict};
+pub use triangulation::{triangulate, Diagnosis, Verdict};
 
 /// A boxed future, so that `Teacher` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -49,10 +51,12 @@ pub trait Teacher: Send + Sync {
     /// a changed setting is new work, not a resumed one.
     fn settings(&self) -> Value;
     /// The gold trace and the consistency traces of one question, each in
-    /// its own fresh worker of `sandbox`.
+    /// its own fresh worker of `sandbox`. `data` is the dataset's profile
+    /// (its overview goes into model prompts).
     fn answer<'a>(
         &'a self,
         sandbox: &'a Sandbox,
         question: &'a Question,
+        data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>>;
 }

@@ -7,6 +7,7 @@
 use serde_json::{json, Value};
 
 use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
+use crate::profile::DataProfile;
 use crate::runner::run_programs;
 use crate::sandbox::Sandbox;
 use crate::schema::Question;
@@ -31,6 +32,7 @@ impl Teacher for ProgramTeacher {
         &'a self,
         sandbox: &'a Sandbox,
         question: &'a Question,
+        _data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>> {
         Box::pin(async move {
             let Some(programs) = &question.programs else {

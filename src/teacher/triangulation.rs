@@ -15,6 +15,35 @@ pub struct Verdict {
     pub verified: bool,
     /// Why not verified; None when verified.
     pub reason: Option<String>,
+    /// The kind of failure; None when verified.
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// Why an episode is not verified, as a category a user can count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Diagnosis {
+    /// The gold trace, or every consistency trace, gave no answer.
+    ExecutionFailure,
+    /// The teacher with the hint got the answer (it matches the ground
+    /// truth, or the ground truth is unknown) but the runs without the hint
+    /// agree on something else.
+    HintNecessary,
+    /// The consistency traces split into several answers, none holding more
+    /// than half of them.
+    Ambiguous,
+    /// The gold answer misses the ground truth, or nothing agrees.
+    TooHard,
+}
+
+impl Diagnosis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Diagnosis::ExecutionFailure => "execution_failure",
+            Diagnosis::HintNecessary => "hint_necessary",
+            Diagnosis::Ambiguous => "ambiguous",
+            Diagnosis::TooHard => "too_hard",
+        }
+    }
 }
 
 fn shown(v: &Value) -> String {
@@ -100,7 +129,22 @@ pub fn triangulate(question: &Question, gold: &Trace, consistency: &[Trace]) -> 
     } else {
         None
     };
+    let diagnosis = reason.as_ref().map(|_| {
+        let largest = cluster_sizes.first().copied().unwrap_or(0) as usize;
+        if gold_answer.is_none() || succeeded == 0 {
+            Diagnosis::ExecutionFailure
+        } else if gold_matches_ground_truth == Some(false) {
+            Diagnosis::TooHard
+        } else if cluster_sizes.len() > 1 && 2 * largest <= succeeded {
+            Diagnosis::Ambiguous
+        } else if !gold_matches_majority || agreeing == 0 {
+            Diagnosis::HintNecessary
+        } else {
+            Diagnosis::TooHard
+        }
+    });
     Verdict {
+        diagnosis,
         triangulation: Triangulation {
             n_consistency_runs: consistency.len() as u32,
             n_consistency_succeeded: succeeded as u32,
@@ -134,6 +178,10 @@ mod tests {
             label: label.into(),
             elapsed: 0.0,
             worker_wait: 0.0,
+            stop: None,
+            format_errors: 0,
+            corrections: Vec::new(),
+            usage: None,
         }
     }
 
