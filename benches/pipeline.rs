@@ -133,6 +133,7 @@ fn main() {
             questions_only: false,
             templates: None,
             init_program: Some(init_program()),
+            sources: Default::default(),
         };
         let cpu_before = own_cpu();
         let t = Instant::now();

@@ -22,14 +22,18 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn, Instrument};
 
 use crate::datasets::Dataset;
+use crate::llm::Chat;
 use crate::profile::{profile, DataProfile};
+use crate::questions::llm::{self as llm_questions, GenerationConfig};
 use crate::questions::{self, establish_ground_truth, Template};
 use crate::sandbox::{Image, Sandbox, SandboxOptions};
+use crate::schema::Usage;
 use crate::schema::{Episode, Question, Timing};
 use crate::store::{
     self, DatasetRow, EpisodeLog, Manifest, OutputLock, QuestionRow, StoreError, EPISODES_FILE,
     MANIFEST_FILE, QUESTIONS_DIR, SUMMARY_FILE,
 };
+use crate::teacher::TeacherError;
 use crate::teacher::{triangulate, Teacher};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,43 @@ pub struct RunSettings {
     /// The executable re-run as the jail init (default: this process's own;
     /// a library user such as a benchmark points it at `csv-agent`).
     pub init_program: Option<PathBuf>,
+    /// Where questions come from.
+    pub sources: QuestionSources,
+}
+
+/// `--questions template|llm|all`.
+#[derive(Debug, Clone)]
+pub struct QuestionSources {
+    /// The template catalog (questions with reference programs and ground truth).
+    pub template: bool,
+    /// Questions a model proposes after exploring the dataset.
+    pub llm: Option<LlmQuestions>,
+}
+
+impl Default for QuestionSources {
+    fn default() -> Self {
+        QuestionSources {
+            template: true,
+            llm: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LlmQuestions {
+    pub chat: Arc<dyn Chat>,
+    pub config: GenerationConfig,
+    /// Sampling settings of the client (part of the questions key).
+    pub sampling: serde_json::Value,
+}
+
+impl std::fmt::Debug for LlmQuestions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmQuestions")
+            .field("model", &self.chat.model())
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 /// How the pipeline reports progress (the CLI draws bars or prints lines).
@@ -146,6 +187,9 @@ pub struct DatasetSummary {
     pub failures: Vec<Failure>,
     /// Seconds spent on this dataset by the runs that produced it.
     pub elapsed: f64,
+    /// What the model cost for this dataset in this run (LLM work only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,16 +200,23 @@ pub struct RunSummary {
     pub episodes: u64,
     pub verified: u64,
     pub elapsed: f64,
+    /// What the model cost in this run, all datasets together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_usage: Option<Usage>,
+    /// Set when the run stopped taking questions because the model server
+    /// failed; the questions not done are left for the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl RunSummary {
-    /// 0 all good, 1 some dataset or question failed.
+    /// 0 all good, 1 some dataset or question failed, or the run stopped early.
     pub fn exit_code(&self) -> i32 {
         let failed = self
             .datasets
             .iter()
             .any(|d| d.status != "done" || !d.failures.is_empty());
-        i32::from(failed)
+        i32::from(failed || self.stopped.is_some())
     }
 }
 
@@ -200,6 +251,32 @@ struct Shared {
     manifest: Manifest,
     /// Episode ids already in the episodes file.
     written: std::sync::Mutex<HashSet<String>>,
+    /// Model usage of this run, per dataset slug.
+    usage: std::sync::Mutex<std::collections::BTreeMap<String, Usage>>,
+    /// The first model failure (unreachable after retries, or refused):
+    /// from then on no new question starts; they are left for a rerun.
+    model_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn add_usage(&self, slug: &str, usage: &Usage) {
+        if let Ok(mut map) = self.usage.lock() {
+            map.entry(slug.to_string()).or_default().add(usage);
+        }
+    }
+
+    fn model_failed(&self) -> Option<String> {
+        self.model_failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn record_model_failure(&self, error: &str) {
+        if let Ok(mut f) = self.model_failure.lock() {
+            if f.is_none() {
+                warn!("the model failed; no new questions start in this run: {error}");
+                *f = Some(error.to_string());
+            }
+        }
+    }
 }
 
 /// Run the pipeline over `settings.datasets`; returns the summary (also
@@ -230,6 +307,8 @@ pub async fn run(
         episodes,
         manifest,
         written: std::sync::Mutex::new(written),
+        usage: Default::default(),
+        model_failure: Default::default(),
         settings,
     });
     let jobs = shared.settings.jobs.max(1);
@@ -260,7 +339,21 @@ pub async fn run(
         summaries.push(summary);
     }
     summaries.sort_by(|a, b| a.dataset.cmp(&b.dataset));
+    let usage = shared.usage.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut total = Usage::default();
+    for d in summaries.iter_mut() {
+        if let Some(u) = usage.get(&d.dataset) {
+            total.add(u);
+            d.llm_usage = Some(*u);
+        }
+    }
     let summary = RunSummary {
+        llm_usage: (!usage.is_empty()).then_some(total),
+        stopped: shared.model_failed().map(|e| {
+            format!(
+                "the model failed, so the questions not yet done were left for the next run: {e}"
+            )
+        }),
         teacher: shared.teacher.name().to_string(),
         shard: shared.settings.shard,
         // The set read at open and extended by every append: no second
@@ -397,6 +490,7 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
             })
             .collect(),
         elapsed: row.elapsed,
+        llm_usage: None,
     }
 }
 
@@ -508,9 +602,23 @@ async fn answer_dataset(
 }
 
 fn questions_key(shared: &Shared, hash: &str) -> String {
+    let sources = &shared.settings.sources;
+    let llm = sources.llm.as_ref().map(|l| {
+        serde_json::json!({
+            "model": l.chat.model(),
+            "sampling": l.sampling,
+            "prompt_version": llm_questions::prompt_version(),
+            "n_questions": l.config.n_questions,
+            "mix": l.config.mix,
+        })
+    });
     questions::template::short_hash(&format!(
-        "{}\n{hash}\n{:?}\n{:?}",
-        shared.catalog_hash, shared.settings.max_questions, shared.settings.shard
+        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}",
+        shared.catalog_hash,
+        shared.settings.max_questions,
+        shared.settings.shard,
+        sources.template,
+        llm.map(|v| v.to_string()).unwrap_or_default()
     ))
 }
 
@@ -598,14 +706,62 @@ async fn load_or_make_questions(
         info!("reusing {} questions from {}", qs.len(), path.display());
         return Ok(qs);
     }
-    let candidates = candidate_questions(
-        &shared.catalog,
-        data_profile,
-        slug,
-        hash,
-        shared.settings.max_questions,
-        shared.settings.shard,
-    );
+    // Model questions first: if the model fails, little work is lost.
+    let mut generated = Vec::new();
+    if let Some(llm) = &shared.settings.sources.llm {
+        // Model questions are not reproducible, so a dataset's model
+        // questions belong to one shard whole (by dataset), never split.
+        let owned = shared.settings.shard.is_none_or(|s| s.owns(slug, ""));
+        if owned {
+            info!(
+                "asking {} for {} questions",
+                llm.chat.model(),
+                llm.config.n_questions
+            );
+            match llm_questions::generate(
+                llm.chat.as_ref(),
+                sandbox,
+                data_profile,
+                slug,
+                hash,
+                &llm.config,
+            )
+            .await
+            {
+                Ok(g) => {
+                    shared.add_usage(slug, &g.usage);
+                    for d in &g.dropped {
+                        info!("model question dropped ({}): {}", d.reason, d.question_text);
+                    }
+                    info!(
+                        "{} model questions after {} exploration turns ({} dropped)",
+                        g.questions.len(),
+                        g.exploration_turns,
+                        g.dropped.len()
+                    );
+                    generated = g.questions;
+                }
+                Err(e) => {
+                    if let llm_questions::GenerationError::Model(m) = &e {
+                        shared.record_model_failure(&m.to_string());
+                    }
+                    return Err(format!("question generation failed: {e}"));
+                }
+            }
+        }
+    }
+    let candidates = if shared.settings.sources.template {
+        candidate_questions(
+            &shared.catalog,
+            data_profile,
+            slug,
+            hash,
+            shared.settings.max_questions,
+            shared.settings.shard,
+        )
+    } else {
+        Vec::new()
+    };
     info!(
         "{} template questions apply; establishing ground truth",
         candidates.len()
@@ -656,6 +812,7 @@ async fn load_or_make_questions(
             }
         }
     }
+    kept.extend(generated);
     store::write_jsonl_atomic(&path, &kept).map_err(|e| e.to_string())?;
     // The key is recorded now, so a killed run reuses these questions.
     shared
@@ -684,9 +841,20 @@ async fn answer_question(
     let started = Instant::now();
     let slug = &dataset.slug;
     let teacher = shared.teacher.as_ref();
+    if shared.model_failed().is_some() {
+        // Left undone (no mark at all): the next run takes it up.
+        return Ok(());
+    }
     let run = match teacher.answer(sandbox, &question, data_profile).await {
         Ok(run) => run,
         Err(e) => {
+            let stage = match &e {
+                TeacherError::Model { error, .. } => {
+                    shared.record_model_failure(error);
+                    "model"
+                }
+                _ => "teacher",
+            };
             let row = QuestionRow {
                 fingerprint,
                 dataset: slug.clone(),
@@ -694,7 +862,7 @@ async fn answer_question(
                 template: question.template_name.clone(),
                 difficulty: question.difficulty.as_str().to_string(),
                 status: "failed".into(),
-                stage: "teacher".into(),
+                stage: stage.into(),
                 reason: Some(e.to_string()),
                 episode_id: None,
                 elapsed: started.elapsed().as_secs_f64(),
@@ -708,6 +876,11 @@ async fn answer_question(
             return Ok(());
         }
     };
+    for t in std::iter::once(&run.gold).chain(&run.consistency) {
+        if let Some(u) = &t.usage {
+            shared.add_usage(slug, u);
+        }
+    }
     let verdict = triangulate(&question, &run.gold, &run.consistency);
     let consistency_elapsed: Vec<f64> = run.consistency.iter().map(|t| t.elapsed).collect();
     let all: Vec<f64> = std::iter::once(run.gold.elapsed)

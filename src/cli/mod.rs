@@ -9,6 +9,7 @@ mod progress;
 mod results;
 mod run;
 mod sandbox;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -32,11 +33,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The main job: datasets → template questions → verified episodes
-    /// (resumable; rerun the same command to continue).
+    /// The main job: datasets → questions → verified episodes (resumable;
+    /// rerun the same command to continue).
     Run(run::RunArgs),
     /// Make the questions files (with ground truth) without running a teacher.
     Questions(run::QuestionsArgs),
+    /// One LLM triangulation of one question on one CSV, printed readably
+    /// (exit 0 verified, 1 not verified).
+    Validate(validate::ValidateArgs),
     /// What a run has done, what failed and why.
     Status(results::StatusArgs),
     /// Look at episodes, questions, or one trace.
@@ -92,6 +96,7 @@ pub fn main() -> i32 {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
                 Command::Questions(args) => run::questions(args).await,
+                Command::Validate(args) => validate::run(args).await,
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
                 Command::Merge(args) => results::merge(args),

@@ -96,6 +96,9 @@ fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
         verified: datasets.iter().map(|d| d.verified).sum(),
         datasets,
         episodes: episodes.len() as u64,
+        // Model use and an early stop are facts of the last run.
+        llm_usage: earlier.as_ref().and_then(|s| s.llm_usage),
+        stopped: earlier.as_ref().and_then(|s| s.stopped.clone()),
         elapsed: earlier.map(|s| s.elapsed).unwrap_or(0.0),
     })
 }

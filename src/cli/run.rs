@@ -13,7 +13,7 @@ use crate::datasets::Registry;
 use crate::logs::DatasetLogs;
 use crate::pipeline::{self, DatasetSummary, Reporter, RunSettings, RunSummary, Shard};
 use crate::store::LOGS_DIR;
-use crate::teacher::{ProgramTeacher, Teacher};
+use crate::teacher::{LlmTeacher, ProgramTeacher, Teacher};
 
 /// Memory a live sandbox is budgeted for when `--jobs` is not given: the
 /// zygote (~200–400 MiB with the data stack and the frame) plus its
@@ -25,6 +25,169 @@ const MAX_DEFAULT_JOBS: usize = 8;
 pub enum TeacherKind {
     /// Reference and alternative programs of template questions (no network).
     Program,
+    /// A chat model (OpenAI-compatible endpoint) writing code turn by turn.
+    Llm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// The template catalog (reference programs, ground truth).
+    Template,
+    /// Questions a model proposes after exploring each dataset.
+    Llm,
+    /// Both.
+    All,
+}
+
+/// The model endpoint and sampling (flags over the environment over
+/// csv-agent.toml over defaults).
+#[derive(Debug, Args, Clone, Default)]
+pub struct LlmArgs {
+    /// Model name as the server knows it (or [llm] model in csv-agent.toml).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// OpenAI-compatible endpoint up to /v1 (default: $OPENAI_BASE_URL, else
+    /// [llm] base_url, else https://api.openai.com/v1). The key is read from
+    /// $OPENAI_API_KEY.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Tokens per reply.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Per request attempt, like 120s or 2m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<std::time::Duration>,
+    /// Requests in flight at once over the whole run.
+    #[arg(long)]
+    pub max_requests: Option<usize>,
+    /// The configuration file (default: $CSV_AGENT_CONFIG, else ./csv-agent.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// How the LLM teacher works.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AgentArgs {
+    /// Turns (executed cells) per trace before giving up.
+    #[arg(long)]
+    pub max_turns: Option<u32>,
+    /// Consistency traces per question, for every difficulty (default
+    /// EASY 2, MEDIUM 2, HARD 4, VERY_HARD 6, or [teacher] n_consistency).
+    #[arg(long)]
+    pub n_consistency: Option<u32>,
+}
+
+/// Settings of the model side, resolved once.
+pub struct ModelSetup {
+    pub client: Arc<crate::llm::Client>,
+    pub sampling: serde_json::Value,
+    pub file: crate::config::FileConfig,
+}
+
+/// Resolve the model settings and check the server answers (a bad key or
+/// an unknown model is reported here, before any jail starts).
+pub async fn model_setup(args: &LlmArgs, why: &str) -> Result<ModelSetup> {
+    use crate::config;
+    let path = config::config_path(args.config.as_deref());
+    let file = config::load_file(path.as_deref())?;
+    let Some(model) = args.model.clone().or_else(|| file.llm.model.clone()) else {
+        bail!("{why} needs a model: pass --model NAME (or set [llm] model in csv-agent.toml)");
+    };
+    let base_url = args
+        .base_url
+        .clone()
+        .or_else(config::openai_base_url)
+        .or_else(|| file.llm.base_url.clone())
+        .unwrap_or_else(|| "https://api.openai.com/v1".to_string());
+    let mut settings = crate::llm::LlmSettings::new(base_url, model);
+    settings.api_key = config::openai_api_key();
+    settings.temperature = args.temperature.or(file.llm.temperature);
+    settings.top_p = args.top_p.or(file.llm.top_p);
+    settings.max_tokens = args.max_tokens.or(file.llm.max_tokens);
+    if let Some(t) = args.request_timeout {
+        settings.request_timeout = t;
+    } else if let Some(t) = &file.llm.request_timeout {
+        settings.request_timeout = humantime::parse_duration(t).with_context(|| {
+            format!("[llm] request_timeout = {t:?} is not a duration (like 120s)")
+        })?;
+    }
+    if let Some(n) = args.max_requests.or(file.llm.max_concurrent_requests) {
+        settings.max_concurrent_requests = n;
+    }
+    if let Some(n) = file.llm.max_retries {
+        settings.max_retries = n;
+    }
+    settings.validate()?;
+    let sampling = serde_json::json!({
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_tokens": settings.max_tokens,
+    });
+    let url = settings.base_url.clone();
+    let client = crate::llm::Client::new(settings)?;
+    client.check().await.with_context(|| {
+        format!("the model server at {url} did not answer a test request (is it running, and is the model name right?)")
+    })?;
+    Ok(ModelSetup {
+        client: Arc::new(client),
+        sampling,
+        file,
+    })
+}
+
+/// The LLM teacher's loop settings: flags over csv-agent.toml over defaults.
+pub fn teacher_config(
+    args: &AgentArgs,
+    file: &crate::config::FileConfig,
+) -> Result<crate::teacher::LlmTeacherConfig> {
+    let mut config = crate::teacher::LlmTeacherConfig::default();
+    if let Some(n) = args.max_turns.or(file.teacher.max_turns) {
+        if n == 0 {
+            bail!("--max-turns must be at least 1");
+        }
+        config.agent.max_turns = n;
+    }
+    if let Some(budget) = file.teacher.context_budget_chars {
+        config.agent.context_budget_chars = budget;
+    }
+    if let Some(n) = file.teacher.n_consistency {
+        config.n_consistency = n;
+    }
+    if let Some(n) = args.n_consistency {
+        config.n_consistency = crate::teacher::NConsistency::fixed(n);
+    }
+    let nc = config.n_consistency;
+    if [nc.easy, nc.medium, nc.hard, nc.very_hard].contains(&0) {
+        bail!("consistency traces must be at least 1 per question: without them nothing can be verified");
+    }
+    Ok(config)
+}
+
+/// LLM question generation settings: flags over csv-agent.toml over defaults.
+fn generation_config(
+    llm_questions: Option<usize>,
+    file: &crate::config::FileConfig,
+) -> Result<crate::questions::llm::GenerationConfig> {
+    let mut config = crate::questions::llm::GenerationConfig::default();
+    if let Some(n) = llm_questions.or(file.questions.llm_questions) {
+        if n == 0 {
+            bail!("--llm-questions must be at least 1");
+        }
+        config.n_questions = n;
+    }
+    if let Some(m) = file.questions.mix {
+        let mix = [m.easy, m.medium, m.hard, m.very_hard];
+        let sum: f64 = mix.iter().sum();
+        if mix.iter().any(|x| !x.is_finite() || *x < 0.0) || sum <= 0.0 {
+            bail!("[questions] mix must be four non-negative shares with a positive sum");
+        }
+        config.mix = mix.map(|x| x / sum);
+    }
+    Ok(config)
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +233,17 @@ pub struct RunArgs {
     /// Who answers the questions.
     #[arg(long, value_enum, default_value = "program")]
     teacher: TeacherKind,
+    /// Where questions come from (default: template with the program
+    /// teacher, all with the LLM teacher).
+    #[arg(long, value_enum)]
+    questions: Option<SourceKind>,
+    /// Model questions per dataset (default 12, or [questions] llm_questions).
+    #[arg(long)]
+    llm_questions: Option<usize>,
+    #[command(flatten)]
+    llm: LlmArgs,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 #[derive(Debug, Args)]
@@ -77,8 +251,13 @@ pub struct QuestionsArgs {
     #[command(flatten)]
     select: SelectArgs,
     /// Where questions come from.
-    #[arg(long, default_value = "template", value_parser = ["template"])]
-    source: String,
+    #[arg(long, value_enum, default_value = "template")]
+    source: SourceKind,
+    /// Model questions per dataset (default 12, or [questions] llm_questions).
+    #[arg(long)]
+    llm_questions: Option<usize>,
+    #[command(flatten)]
+    llm: LlmArgs,
 }
 
 fn default_jobs(datasets: usize) -> usize {
@@ -151,19 +330,58 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
         questions_only,
         templates: select.templates,
         init_program: None,
+        sources: Default::default(),
     })
 }
 
+/// Questions in flight per dataset for the LLM teacher when `--concurrency`
+/// is not given: each waits on the model most of the time, so many more
+/// than CPUs (each question holds 1 + N workers).
+const LLM_QUESTION_CONCURRENCY: usize = 32;
+
 pub async fn run(args: RunArgs) -> Result<i32> {
-    let settings = settings(args.select, false).await?;
+    let sources = args.questions.unwrap_or(match args.teacher {
+        TeacherKind::Program => SourceKind::Template,
+        TeacherKind::Llm => SourceKind::All,
+    });
+    if args.teacher == TeacherKind::Program && sources != SourceKind::Template {
+        bail!("the program teacher answers only template questions (it runs their reference programs); use --teacher llm for model questions");
+    }
+    let concurrency_given = args.select.concurrency.is_some();
+    let mut settings = settings(args.select, false).await?;
     let teacher: Arc<dyn Teacher> = match args.teacher {
         TeacherKind::Program => Arc::new(ProgramTeacher),
+        TeacherKind::Llm => {
+            let setup = model_setup(&args.llm, "--teacher llm").await?;
+            let config = teacher_config(&args.agent, &setup.file)?;
+            if sources != SourceKind::Template {
+                settings.sources.llm = Some(pipeline::LlmQuestions {
+                    chat: setup.client.clone(),
+                    config: generation_config(args.llm_questions, &setup.file)?,
+                    sampling: setup.sampling.clone(),
+                });
+            }
+            settings.sources.template = sources != SourceKind::Llm;
+            if !concurrency_given {
+                settings.question_concurrency = LLM_QUESTION_CONCURRENCY;
+            }
+            Arc::new(LlmTeacher::new(setup.client, setup.sampling, config))
+        }
     };
     execute(settings, teacher).await
 }
 
 pub async fn questions(args: QuestionsArgs) -> Result<i32> {
-    let settings = settings(args.select, true).await?;
+    let mut settings = settings(args.select, true).await?;
+    if args.source != SourceKind::Template {
+        let setup = model_setup(&args.llm, "--source llm").await?;
+        settings.sources.llm = Some(pipeline::LlmQuestions {
+            chat: setup.client.clone(),
+            config: generation_config(args.llm_questions, &setup.file)?,
+            sampling: setup.sampling,
+        });
+    }
+    settings.sources.template = args.source != SourceKind::Llm;
     execute(settings, Arc::new(ProgramTeacher)).await
 }
 
@@ -183,6 +401,12 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
     let reporter: Arc<dyn Reporter> = Arc::from(super::progress::reporter());
     let summary = pipeline::run(settings, teacher, reporter).await?;
     print_summary(&summary, questions_only);
+    if let Some(u) = &summary.llm_usage {
+        println!("\nmodel: {}", usage_line(u));
+    }
+    if let Some(stopped) = &summary.stopped {
+        println!("\nstopped early: {stopped}\nrerun the same command to continue.");
+    }
     println!(
         "\n{} episodes in {} ({} verified); summary in {}",
         summary.episodes,
@@ -191,6 +415,19 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         out.join(crate::store::SUMMARY_FILE).display()
     );
     Ok(summary.exit_code())
+}
+
+/// "412 requests (3 retried), 1.2M prompt + 88k completion tokens, 1.4 s per request"
+pub fn usage_line(u: &crate::schema::Usage) -> String {
+    let per = if u.requests > 0 {
+        u.latency_s / u.requests as f64
+    } else {
+        0.0
+    };
+    format!(
+        "{} requests ({} retried), {} prompt + {} completion tokens, {:.2} s per request",
+        u.requests, u.retries, u.prompt_tokens, u.completion_tokens, per
+    )
 }
 
 pub fn summary_line(d: &DatasetSummary) -> String {

@@ -1,8 +1,11 @@
 //! Teachers answer questions by writing code that runs in the jail. They are
 //! interchangeable behind [`Teacher`]: the program teacher (reference and
-//! alternative programs, no network) now, the LLM teacher later. Whatever
-//! the teacher, [`triangulation`] decides whether the episode is verified.
+//! alternative programs, no network) and the LLM teacher (a chat model
+//! writing code turn by turn, [`agent`]). Whatever the teacher,
+//! [`triangulation`] decides whether the episode is verified.
 
+pub mod agent;
+pub mod llm;
 pub mod program;
 pub mod reply;
 pub mod triangulation;
@@ -16,6 +19,7 @@ use crate::profile::DataProfile;
 use crate::sandbox::Sandbox;
 use crate::schema::{Question, Trace};
 
+pub use llm::{LlmTeacher, LlmTeacherConfig, NConsistency};
 pub use program::ProgramTeacher;
 pub use triangulation::{triangulate, Diagnosis, Verdict};
 
@@ -41,6 +45,10 @@ pub enum TeacherError {
         teacher: &'static str,
         reason: String,
     },
+    /// The model could not be reached or refused: the question is left to
+    /// a later run (nothing about the question itself is wrong).
+    #[error("question {id}: the model failed: {error}")]
+    Model { id: String, error: String },
 }
 
 pub trait Teacher: Send + Sync {
