@@ -272,4 +272,51 @@ mod tests {
         );
         assert!(v.reason.unwrap().starts_with("gold trace failed"));
     }
+
+    #[test]
+    fn each_diagnosis_names_its_case() {
+        let d = |truth: Option<Value>, gold: Option<Value>, others: Vec<Option<Value>>| {
+            let consistency: Vec<Trace> = others
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| trace(&format!("c{i}"), a))
+                .collect();
+            triangulate(&question(truth), &trace("gold", gold), &consistency)
+                .diagnosis
+                .map(Diagnosis::as_str)
+        };
+        assert_eq!(d(None, Some(json!(1)), vec![Some(json!(1))]), None);
+        assert_eq!(
+            d(None, None, vec![Some(json!(1))]),
+            Some("execution_failure")
+        );
+        assert_eq!(
+            d(None, Some(json!(1)), vec![None, None]),
+            Some("execution_failure")
+        );
+        assert_eq!(
+            d(None, Some(json!(1)), vec![Some(json!(2)), Some(json!(2))]),
+            Some("hint_necessary")
+        );
+        assert_eq!(
+            d(
+                Some(json!(1)),
+                Some(json!(1)),
+                vec![Some(json!(2)), Some(json!(2))]
+            ),
+            Some("hint_necessary")
+        );
+        assert_eq!(
+            d(
+                None,
+                Some(json!(1)),
+                vec![Some(json!(2)), Some(json!(3)), Some(json!(4)), Some(json!(1))]
+            ),
+            Some("ambiguous")
+        );
+        assert_eq!(
+            d(Some(json!(5)), Some(json!(1)), vec![Some(json!(1))]),
+            Some("too_hard")
+        );
+    }
 }
