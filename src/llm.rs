@@ -124,6 +124,22 @@ pub enum LlmError {
     Settings(String),
 }
 
+impl LlmError {
+    /// What a failed call cost: one failed call, and for an exhausted one
+    /// its retried attempts (so usage sums match what the server saw).
+    pub fn usage(&self) -> Usage {
+        let retries = match self {
+            LlmError::Exhausted { attempts, .. } => u64::from(attempts.saturating_sub(1)),
+            _ => 0,
+        };
+        Usage {
+            retries,
+            failed: 1,
+            ..Usage::default()
+        }
+    }
+}
+
 /// Something that answers chat messages: the HTTP client, or a scripted
 /// stand-in in tests.
 pub trait Chat: Send + Sync {
@@ -401,6 +417,7 @@ impl Client {
                         requests: 1,
                         retries: u64::from(retries),
                         latency_s: started.elapsed().as_secs_f64(),
+                        failed: 0,
                     };
                     if count {
                         self.record(&usage);
@@ -503,9 +520,10 @@ impl Client {
     }
 
     fn record_failure(&self, count: bool, retries: u32) {
-        if count && retries > 0 {
+        if count {
             self.record(&Usage {
                 retries: u64::from(retries),
+                failed: 1,
                 ..Usage::default()
             });
         }

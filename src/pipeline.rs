@@ -742,8 +742,9 @@ async fn load_or_make_questions(
                     generated = g.questions;
                 }
                 Err(e) => {
-                    if let llm_questions::GenerationError::Model(m) = &e {
-                        shared.record_model_failure(&m.to_string());
+                    if let llm_questions::GenerationError::Model { error, usage } = &e {
+                        shared.add_usage(slug, usage);
+                        shared.record_model_failure(&error.to_string());
                     }
                     return Err(format!("question generation failed: {e}"));
                 }
@@ -849,7 +850,8 @@ async fn answer_question(
         Ok(run) => run,
         Err(e) => {
             let stage = match &e {
-                TeacherError::Model { error, .. } => {
+                TeacherError::Model { error, usage, .. } => {
+                    shared.add_usage(slug, usage);
                     shared.record_model_failure(error);
                     "model"
                 }

@@ -227,6 +227,10 @@ pub struct Usage {
     /// Seconds from sending a request to its reply, retries included,
     /// waiting for a free request slot excluded.
     pub latency_s: f64,
+    /// Calls that got no reply: refused, or failed after every retry.
+    /// Requests the server saw = requests + retries + failed.
+    #[serde(default)]
+    pub failed: u64,
 }
 
 impl Usage {
@@ -236,6 +240,7 @@ impl Usage {
         self.requests += other.requests;
         self.retries += other.retries;
         self.latency_s += other.latency_s;
+        self.failed += other.failed;
     }
 
     pub fn total_tokens(&self) -> u64 {
@@ -243,7 +248,7 @@ impl Usage {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.retries == 0
+        self.requests == 0 && self.retries == 0 && self.failed == 0
     }
 }
 

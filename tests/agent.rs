@@ -65,6 +65,7 @@ fn usage_of(n: usize) -> Usage {
         requests: 1,
         retries: 0,
         latency_s: 0.5,
+        failed: 0,
     }
 }
 
@@ -333,7 +334,10 @@ async fn a_model_error_stops_the_trace(sb: Sandbox) {
     let error = trace.error.as_deref().unwrap();
     assert!(error.contains("connection refused"), "{error}");
     assert!(trace.turns.is_empty());
-    assert_eq!(trace.usage, Some(Usage::default()));
+    // The failed call is counted, with its retried attempts.
+    let failed = trace.usage.expect("usage of the failed call");
+    assert_eq!((failed.requests, failed.failed), (0, 1));
+    assert_eq!(failed.retries, 2, "the scripted error had 3 attempts");
 }
 
 async fn only_gold_is_given_the_hint(sb: Sandbox) {

@@ -48,6 +48,7 @@ fn usage_of_one() -> Usage {
         requests: 1,
         retries: 0,
         latency_s: 0.5,
+        failed: 0,
     }
 }
 
@@ -238,7 +239,7 @@ async fn a_failing_model_or_one_ignoring_the_format_ends_generation() {
     let err = generate(&chat, &sb, &data, "penguins", HASH, &config())
         .await
         .expect_err("the model failed");
-    assert!(matches!(err, GenerationError::Model(_)), "{err:?}");
+    assert!(matches!(err, GenerationError::Model { .. }), "{err:?}");
     assert_eq!(chat.calls(), 2);
 
     // Prose without code, again and again: three corrections, then give up.

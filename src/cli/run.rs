@@ -127,10 +127,10 @@ pub async fn model_setup(args: &LlmArgs, why: &str) -> Result<ModelSetup> {
         "top_p": settings.top_p,
         "max_tokens": settings.max_tokens,
     });
-    let url = settings.base_url.clone();
+    let (url, model) = (settings.base_url.clone(), settings.model.clone());
     let client = crate::llm::Client::new(settings)?;
     client.check().await.with_context(|| {
-        format!("the model server at {url} did not answer a test request (is it running, and is the model name right?)")
+        format!("the model server at {url} did not answer a test request for model `{model}`")
     })?;
     Ok(ModelSetup {
         client: Arc::new(client),

@@ -102,7 +102,10 @@ pub async fn run(args: ValidateArgs) -> Result<i32> {
         if let Some(h) = &question.hint {
             println!("hint:     {h}");
         }
-        println!("model:    {}\n", crate::llm::Chat::model(setup.client.as_ref()));
+        println!(
+            "model:    {}\n",
+            crate::llm::Chat::model(setup.client.as_ref())
+        );
         print_trace(&run.gold);
         for t in &run.consistency {
             print_trace(t);

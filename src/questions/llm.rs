@@ -159,8 +159,12 @@ pub struct Dropped {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
-    #[error("the model failed: {0}")]
-    Model(#[from] LlmError),
+    #[error("the model failed: {error}")]
+    Model {
+        error: LlmError,
+        /// What the conversation cost before the failure.
+        usage: Usage,
+    },
     #[error("the exploration sandbox failed: {0}")]
     Sandbox(#[from] SandboxError),
     /// The model kept replying without exactly one python code block.
@@ -572,7 +576,8 @@ pub fn fill_mix(candidates: Vec<Question>, n: usize, mix: [f64; 4]) -> Vec<Quest
 struct Conversation<'a> {
     chat: &'a dyn Chat,
     messages: Vec<Message>,
-    usage: Usage,
+    /// The caller's running total, so a failure still knows the cost.
+    usage: &'a mut Usage,
 }
 
 impl Conversation<'_> {
@@ -690,6 +695,38 @@ pub async fn generate(
     dataset_hash: &str,
     config: &GenerationConfig,
 ) -> Result<Generated, GenerationError> {
+    let mut spent = Usage::default();
+    match converse(chat, sandbox, data, slug, dataset_hash, config, &mut spent).await {
+        // The model's failure carries what the conversation had cost.
+        Err(GenerationError::Model { error, .. }) => {
+            spent.add(&error.usage());
+            Err(GenerationError::Model {
+                error,
+                usage: spent,
+            })
+        }
+        other => other,
+    }
+}
+
+impl From<LlmError> for GenerationError {
+    fn from(error: LlmError) -> Self {
+        GenerationError::Model {
+            error,
+            usage: Usage::default(),
+        }
+    }
+}
+
+async fn converse(
+    chat: &dyn Chat,
+    sandbox: &Sandbox,
+    data: &DataProfile,
+    slug: &str,
+    dataset_hash: &str,
+    config: &GenerationConfig,
+    spent: &mut Usage,
+) -> Result<Generated, GenerationError> {
     let min = config.min_exploration_turns;
     let max = config.max_exploration_turns.max(min);
     let mut conv = Conversation {
@@ -699,7 +736,7 @@ pub async fn generate(
             ("min_turns", &min.to_string()),
             ("max_turns", &max.to_string()),
         ]))],
-        usage: Usage::default(),
+        usage: spent,
     };
     let (exploration_turns, last_observation) = explore(&mut conv, sandbox, config).await?;
 
@@ -769,7 +806,7 @@ pub async fn generate(
     Ok(Generated {
         questions,
         dropped,
-        usage: conv.usage,
+        usage: *conv.usage,
         exploration_turns,
     })
 }

@@ -362,7 +362,11 @@ pub async fn run_agent(
         trace.usage = Some(usage);
         let completion = match chat.chat(&request).await {
             Ok(c) => c,
-            Err(e) => break (Stop::ModelError, Some(e.to_string())),
+            Err(e) => {
+                usage.add(&e.usage());
+                trace.usage = Some(usage);
+                break (Stop::ModelError, Some(e.to_string()));
+            }
         };
         usage.add(&completion.usage);
         trace.usage = Some(usage);

@@ -48,7 +48,12 @@ pub enum TeacherError {
     /// The model could not be reached or refused: the question is left to
     /// a later run (nothing about the question itself is wrong).
     #[error("question {id}: the model failed: {error}")]
-    Model { id: String, error: String },
+    Model {
+        id: String,
+        error: String,
+        /// What the question's traces cost before the failure.
+        usage: crate::schema::Usage,
+    },
 }
 
 pub trait Teacher: Send + Sync {

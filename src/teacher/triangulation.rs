@@ -310,7 +310,12 @@ mod tests {
             d(
                 None,
                 Some(json!(1)),
-                vec![Some(json!(2)), Some(json!(3)), Some(json!(4)), Some(json!(1))]
+                vec![
+                    Some(json!(2)),
+                    Some(json!(3)),
+                    Some(json!(4)),
+                    Some(json!(1))
+                ]
             ),
             Some("ambiguous")
         );

@@ -35,7 +35,8 @@
 //! # What the server does
 //!
 //! - One tokio task per connection, HTTP/1.1 keep-alive (reqwest pools
-//!   connections), so hundreds of slow concurrent requests do not queue.
+//!   connections), and a listen backlog of 4096, so hundreds of slow
+//!   concurrent requests neither queue nor wait for a SYN retransmit.
 //! - Request bodies must carry `Content-Length` (reqwest's do); chunked
 //!   request bodies are not supported.
 //! - Every request, on any path, is recorded (see [`Server::requests`]) and
@@ -64,7 +65,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The path the script answers.
@@ -405,9 +406,15 @@ impl Server {
         options: Options,
         script: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        // `TcpListener::bind` listens with a backlog of 128: a benchmark that
+        // opens hundreds of connections at once would overflow it and wait
+        // out the kernel's 1 s SYN retransmit. The kernel caps this at
+        // net.core.somaxconn.
+        let socket = TcpSocket::new_v4().expect("a TCP socket for the test server");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("bind the test server to 127.0.0.1");
+        let listener = socket.listen(4096).expect("listen on 127.0.0.1");
         let addr = listener.local_addr().expect("the test server's address");
         let state = Arc::new(State {
             script: Arc::new(script),
