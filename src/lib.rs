@@ -8,6 +8,7 @@ pub mod answers;
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod eval;
 pub mod formats;
 pub mod llm;
 pub mod logs;

@@ -3,6 +3,7 @@
 
 mod datasets;
 mod doctor;
+mod eval;
 mod export;
 mod image;
 mod progress;
@@ -53,6 +54,10 @@ enum Command {
     /// Divide episodes into train / val / test files, grouped and
     /// stratified by difficulty, the same for the same seed.
     Split(export::SplitArgs),
+    /// Evaluate a model as a student on held-out episodes: accuracy
+    /// against the verified answers, overall, per difficulty and template
+    /// (exit 0 done, 1 stopped by a model failure, 2 bad input).
+    Eval(eval::EvalArgs),
     /// Show each isolation layer as measured inside a real jail.
     Doctor(doctor::DoctorArgs),
     /// The dataset registry: list, show, add.
@@ -102,6 +107,7 @@ pub fn main() -> i32 {
                 Command::Merge(args) => results::merge(args),
                 Command::Export(args) => export::export(args),
                 Command::Split(args) => export::split(args),
+                Command::Eval(args) => eval::run(args).await,
                 Command::Doctor(args) => doctor::run(args).await,
                 Command::Datasets(args) => datasets::run(args).await,
                 Command::Sandbox(cmd) => sandbox::run(cmd).await,
