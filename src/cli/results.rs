@@ -115,6 +115,12 @@ pub fn status(args: StatusArgs) -> Result<i32> {
         summary.verified,
         args.out.join(EPISODES_FILE).display()
     );
+    if let Some(u) = &summary.llm_usage {
+        println!("model, last run: {}", super::run::usage_line(u));
+    }
+    if let Some(stopped) = &summary.stopped {
+        println!("the last run stopped early: {stopped}");
+    }
     for r in unfinished {
         println!(
             "{}: not finished (rerun the same command to resume)",

@@ -348,11 +348,16 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         bail!("the program teacher answers only template questions (it runs their reference programs); use --teacher llm for model questions");
     }
     let concurrency_given = args.select.concurrency.is_some();
+    // The model is checked first: a bad key or a dead server is reported
+    // before the image is built or a dataset is read.
+    let setup = match args.teacher {
+        TeacherKind::Program => None,
+        TeacherKind::Llm => Some(model_setup(&args.llm, "--teacher llm").await?),
+    };
     let mut settings = settings(args.select, false).await?;
-    let teacher: Arc<dyn Teacher> = match args.teacher {
-        TeacherKind::Program => Arc::new(ProgramTeacher),
-        TeacherKind::Llm => {
-            let setup = model_setup(&args.llm, "--teacher llm").await?;
+    let teacher: Arc<dyn Teacher> = match setup {
+        None => Arc::new(ProgramTeacher),
+        Some(setup) => {
             let config = teacher_config(&args.agent, &setup.file)?;
             if sources != SourceKind::Template {
                 settings.sources.llm = Some(pipeline::LlmQuestions {
@@ -372,9 +377,12 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 }
 
 pub async fn questions(args: QuestionsArgs) -> Result<i32> {
+    let setup = match args.source {
+        SourceKind::Template => None,
+        _ => Some(model_setup(&args.llm, "--source llm").await?),
+    };
     let mut settings = settings(args.select, true).await?;
-    if args.source != SourceKind::Template {
-        let setup = model_setup(&args.llm, "--source llm").await?;
+    if let Some(setup) = setup {
         settings.sources.llm = Some(pipeline::LlmQuestions {
             chat: setup.client.clone(),
             config: generation_config(args.llm_questions, &setup.file)?,
@@ -424,8 +432,13 @@ pub fn usage_line(u: &crate::schema::Usage) -> String {
     } else {
         0.0
     };
+    let failed = if u.failed > 0 {
+        format!(", {} failed", u.failed)
+    } else {
+        String::new()
+    };
     format!(
-        "{} requests ({} retried), {} prompt + {} completion tokens, {:.2} s per request",
+        "{} requests ({} retried{failed}), {} prompt + {} completion tokens, {:.2} s per request",
         u.requests, u.retries, u.prompt_tokens, u.completion_tokens, per
     )
 }
