@@ -167,7 +167,7 @@ impl LlmSettings {
             top_p: None,
             max_tokens: None,
             request_timeout: Duration::from_secs(120),
-            max_concurrent_requests: 64,
+            max_concurrent_requests: 256,
             max_retries: 6,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),

@@ -86,6 +86,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,6 +133,19 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("csv-agent: error: {e:#}");
             EXIT_ERROR
+        }
+    }
+}
+
+/// The supervisor holds about one descriptor per live worker and one per
+/// model connection: hundreds of traces in flight pass the usual soft limit
+/// of 1024. Raise the soft limit to the hard one (no privilege needed); the
+/// jail init sets its own limit for everything inside.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }

@@ -207,7 +207,8 @@ pub struct SelectArgs {
     /// Live sandboxes at once (default: from available memory, at most 8).
     #[arg(long)]
     jobs: Option<usize>,
-    /// Questions in flight per dataset (default: 2 per CPU).
+    /// Questions in flight per dataset (default: 2 per CPU; with the LLM
+    /// teacher, as many as memory allows at 64 MiB per trace, 2 to 32).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Do part I of N (0-based), split by dataset then question id.
@@ -261,11 +262,7 @@ pub struct QuestionsArgs {
 }
 
 fn default_jobs(datasets: usize) -> usize {
-    use procfs::Current;
-    let available = procfs::Meminfo::current()
-        .ok()
-        .and_then(|m| m.mem_available)
-        .unwrap_or(4 << 30);
+    let available = mem_available();
     let by_memory = (available / SANDBOX_BUDGET).max(1) as usize;
     by_memory.min(MAX_DEFAULT_JOBS).min(datasets.max(1))
 }
@@ -334,10 +331,31 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
     })
 }
 
-/// Questions in flight per dataset for the LLM teacher when `--concurrency`
-/// is not given: each waits on the model most of the time, so many more
-/// than CPUs (each question holds 1 + N workers).
+/// At most this many questions in flight per dataset for the LLM teacher
+/// when `--concurrency` is not given: each question waits on the model most
+/// of the time, so many more than CPUs (each question holds 1 + N workers).
 const LLM_QUESTION_CONCURRENCY: usize = 32;
+/// Memory budgeted per in-flight LLM trace when sizing that default: a
+/// worker with a realistic cell costs 16 MiB on penguins and 72 MiB on a
+/// 50 MB CSV (the jail bench, docs/architecture.md).
+const LLM_TRACE_BUDGET: u64 = 64 << 20;
+
+fn mem_available() -> u64 {
+    use procfs::Current;
+    procfs::Meminfo::current()
+        .ok()
+        .and_then(|m| m.mem_available)
+        .unwrap_or(4 << 30)
+}
+
+/// Questions in flight per dataset for the LLM teacher: as many as memory
+/// allows for `jobs` datasets at once, between 2 and 32.
+fn default_llm_concurrency(jobs: usize, n: &crate::teacher::NConsistency) -> usize {
+    let mean_traces = 1 + (n.easy + n.medium + n.hard + n.very_hard).div_ceil(4);
+    let per_question = LLM_TRACE_BUDGET * u64::from(mean_traces);
+    let per_dataset = mem_available() / jobs.max(1) as u64;
+    ((per_dataset / per_question) as usize).clamp(2, LLM_QUESTION_CONCURRENCY)
+}
 
 pub async fn run(args: RunArgs) -> Result<i32> {
     let sources = args.questions.unwrap_or(match args.teacher {
@@ -368,7 +386,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             }
             settings.sources.template = sources != SourceKind::Llm;
             if !concurrency_given {
-                settings.question_concurrency = LLM_QUESTION_CONCURRENCY;
+                settings.question_concurrency =
+                    default_llm_concurrency(settings.jobs, &config.n_consistency);
             }
             Arc::new(LlmTeacher::new(setup.client, setup.sampling, config))
         }
