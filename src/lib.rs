@@ -14,6 +14,7 @@ pub mod llm;
 pub mod logs;
 pub mod pipeline;
 pub mod profile;
+pub mod prompt;
 pub mod questions;
 pub mod runner;
 pub mod sandbox;

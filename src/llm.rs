@@ -854,7 +854,7 @@ mod tests {
         let s = settings();
         s.validate().unwrap();
         assert_eq!(s.request_timeout, Duration::from_secs(120));
-        assert_eq!(s.max_concurrent_requests, 64);
+        assert_eq!(s.max_concurrent_requests, 256);
         assert_eq!(s.max_retries, 6);
         assert_eq!(s.initial_backoff, Duration::from_millis(500));
         assert_eq!(s.max_backoff, Duration::from_secs(30));

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::llm::{Chat, LlmError, Message};
 use crate::profile::{ColumnKind, ColumnProfile, DataProfile};
+use crate::prompt::Prompt;
 use crate::questions::template::short_hash;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::schema::{Difficulty, Question, QuestionSource, Usage};
@@ -26,65 +27,40 @@ use crate::teacher::reply::{clip, observation, parse_reply};
 
 // ------------------------------------------------------------------ prompts
 
-/// One prompt file and the placeholders (`{{name}}`) it must contain; a unit
-/// test checks the two agree, and [`Prompt::fill`] that callers fill exactly
-/// those.
-struct Prompt {
-    name: &'static str,
-    text: &'static str,
-    placeholders: &'static [&'static str],
-}
-
-impl Prompt {
-    fn fill(&self, values: &[(&str, &str)]) -> String {
-        debug_assert_eq!(
-            values.iter().map(|(k, _)| *k).collect::<HashSet<_>>(),
-            self.placeholders.iter().copied().collect::<HashSet<_>>(),
-            "{}: the values given are not the prompt's placeholders",
-            self.name
-        );
-        let mut out = self.text.trim_end().to_string();
-        for (key, value) in values {
-            out = out.replace(&format!("{{{{{key}}}}}"), value);
-        }
-        out
-    }
-}
-
 const EXPLORE_SYSTEM: Prompt = Prompt {
     name: "explore_system.txt",
     text: include_str!("prompts/explore_system.txt"),
-    placeholders: &["overview", "min_turns", "max_turns"],
+    needs: &["overview", "min_turns", "max_turns"],
 };
 const EXPLORE_START: Prompt = Prompt {
     name: "explore_start.txt",
     text: include_str!("prompts/explore_start.txt"),
-    placeholders: &[],
+    needs: &[],
 };
 const EXPLORE_MORE: Prompt = Prompt {
     name: "explore_more.txt",
     text: include_str!("prompts/explore_more.txt"),
-    placeholders: &["turns_done", "min_turns"],
+    needs: &["turns_done", "min_turns"],
 };
 const REFORMAT: Prompt = Prompt {
     name: "reformat.txt",
     text: include_str!("prompts/reformat.txt"),
-    placeholders: &["problem"],
+    needs: &["problem"],
 };
 const PROPOSE: Prompt = Prompt {
     name: "propose.txt",
     text: include_str!("prompts/propose.txt"),
-    placeholders: &["total", "counts", "columns"],
+    needs: &["total", "counts", "columns"],
 };
 const PROPOSE_MORE: Prompt = Prompt {
     name: "propose_more.txt",
     text: include_str!("prompts/propose_more.txt"),
-    placeholders: &["count", "difficulty", "dropped"],
+    needs: &["count", "difficulty", "dropped"],
 };
 const FIX_JSON: Prompt = Prompt {
     name: "fix_json.txt",
     text: include_str!("prompts/fix_json.txt"),
-    placeholders: &["problem"],
+    needs: &["problem"],
 };
 
 const PROMPTS: [&Prompt; 7] = [
@@ -100,14 +76,7 @@ const PROMPTS: [&Prompt; 7] = [
 /// A short hash of every prompt file (name and text): questions generated
 /// under other prompts can be told apart.
 pub fn prompt_version() -> String {
-    let mut all = String::new();
-    for p in PROMPTS {
-        all.push_str(p.name);
-        all.push('\0');
-        all.push_str(p.text);
-        all.push('\0');
-    }
-    short_hash(&all)
+    crate::prompt::version(&PROMPTS)
 }
 
 // ------------------------------------------------------------------ settings and results
@@ -599,7 +568,7 @@ impl Conversation<'_> {
             Ok(items) => return Ok(Ok(items)),
             Err(problem) => problem,
         };
-        let reply = self.ask(FIX_JSON.fill(&[("problem", &problem)])).await?;
+        let reply = self.ask(FIX_JSON.render(&[("problem", &problem)])).await?;
         Ok(parse_proposals(&reply).map_err(|e| format!("after one correction: {e}")))
     }
 }
@@ -620,11 +589,11 @@ async fn explore(
     let mut task = sandbox.task();
     let mut turns = 0u32;
     let mut corrections = 0u32;
-    let mut next = EXPLORE_START.fill(&[]);
+    let mut next = EXPLORE_START.render(&[]);
     loop {
         let reply = parse_reply(&conv.ask(next).await?);
         let correction = if reply.unclosed {
-            REFORMAT.fill(&[("problem", "it was cut off inside a code block")])
+            REFORMAT.render(&[("problem", "it was cut off inside a code block")])
         } else {
             match reply.code_blocks.len() {
                 1 => {
@@ -639,11 +608,11 @@ async fn explore(
                 }
                 0 if turns >= min => return Ok((turns, None)),
                 // Proposing (or saying it is done) too early.
-                0 => EXPLORE_MORE.fill(&[
+                0 => EXPLORE_MORE.render(&[
                     ("turns_done", &turns.to_string()),
                     ("min_turns", &min.to_string()),
                 ]),
-                k => REFORMAT.fill(&[(
+                k => REFORMAT.render(&[(
                     "problem",
                     &format!("it has {k} python code blocks, and exactly one is needed"),
                 )]),
@@ -731,7 +700,7 @@ async fn converse(
     let max = config.max_exploration_turns.max(min);
     let mut conv = Conversation {
         chat,
-        messages: vec![Message::system(EXPLORE_SYSTEM.fill(&[
+        messages: vec![Message::system(EXPLORE_SYSTEM.render(&[
             ("overview", data.overview.trim()),
             ("min_turns", &min.to_string()),
             ("max_turns", &max.to_string()),
@@ -742,7 +711,7 @@ async fn converse(
 
     let targets = mix_targets(config.n_questions, config.mix);
     let asked = targets.map(overask);
-    let propose = PROPOSE.fill(&[
+    let propose = PROPOSE.render(&[
         ("total", &asked.iter().sum::<usize>().to_string()),
         ("counts", &counts_text(&asked)),
         ("columns", &column_list(data)),
@@ -767,7 +736,7 @@ async fn converse(
         if short == 0 {
             continue;
         }
-        let prompt = PROPOSE_MORE.fill(&[
+        let prompt = PROPOSE_MORE.render(&[
             ("count", &overask(short).to_string()),
             ("difficulty", d.as_str()),
             ("dropped", &dropped_text(&dropped)),
@@ -819,23 +788,12 @@ mod tests {
     #[test]
     fn prompt_placeholders_are_the_declared_ones() {
         for p in PROMPTS {
-            let mut found = HashSet::new();
-            let mut rest = p.text;
-            while let Some(start) = rest.find("{{") {
-                let end = rest[start..]
-                    .find("}}")
-                    .unwrap_or_else(|| panic!("{}: unclosed placeholder", p.name));
-                found.insert(&rest[start + 2..start + end]);
-                rest = &rest[start + end + 2..];
+            if let Err(e) = p.check() {
+                panic!("{e}");
             }
-            let declared: HashSet<&str> = p.placeholders.iter().copied().collect();
-            assert_eq!(found, declared, "{}", p.name);
-            let values: Vec<(&str, &str)> = p.placeholders.iter().map(|k| (*k, "V")).collect();
-            let filled = p.fill(&values);
-            assert!(!filled.contains("{{"), "{}: left unfilled", p.name);
         }
         assert_eq!(prompt_version(), prompt_version());
-        assert_eq!(prompt_version().len(), 16);
+        assert_eq!(prompt_version().len(), 12);
     }
 
     #[test]

@@ -16,23 +16,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::answers::answer_hash;
 use crate::llm::{Chat, Message};
+use crate::prompt::Prompt;
 use crate::runner;
 use crate::sandbox::{CellStatus, Sandbox};
 use crate::schema::{Correction, Execution, Question, Trace, Turn, Usage};
 use crate::teacher::reply::{clip, line_diff, observation, parse_reply, Reply};
 
 // ------------------------------------------------------------------ prompts
-
-/// One prompt file and the placeholders it must use (and may only use).
-struct Prompt {
-    name: &'static str,
-    text: &'static str,
-    needs: &'static [&'static str],
-}
 
 macro_rules! prompt {
     ($file:literal, [$($need:literal),*]) => {
@@ -88,65 +81,10 @@ const WARN_TURNS_LEFT: u32 = 2;
 /// never touches: the model needs its latest code and output verbatim.
 const KEEP_LATEST_TURNS: usize = 3;
 
-/// The `{{name}}` placeholders of a text, in order, with their byte spans.
-fn placeholders(text: &str) -> Vec<(usize, usize, &str)> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(open) = text[from..].find("{{").map(|i| from + i) {
-        let Some(close) = text[open + 2..].find("}}").map(|i| open + 2 + i) else {
-            break;
-        };
-        out.push((open, close + 2, text[open + 2..close].trim()));
-        from = close + 2;
-    }
-    out
-}
-
-impl Prompt {
-    /// The prompt with its placeholders filled, in one pass: a value that
-    /// itself contains `{{…}}` (a question, an overview) is never expanded.
-    fn render(&self, values: &[(&str, &str)]) -> String {
-        debug_assert!(
-            self.needs
-                .iter()
-                .all(|n| values.iter().any(|(k, _)| k == n)),
-            "{} rendered without all of {:?}",
-            self.name,
-            self.needs
-        );
-        let text = self.text.trim_end();
-        let mut out = String::with_capacity(text.len());
-        let mut last = 0;
-        for (start, end, name) in placeholders(text) {
-            out.push_str(&text[last..start]);
-            match values.iter().find(|(k, _)| *k == name) {
-                Some((_, v)) => out.push_str(v),
-                // Unreachable for our files (the unit test checks them);
-                // leave the placeholder visible rather than guess.
-                None => out.push_str(&text[start..end]),
-            }
-            last = end;
-        }
-        out.push_str(&text[last..]);
-        out
-    }
-
-    fn text(&self) -> &'static str {
-        self.text.trim_end()
-    }
-}
-
 /// A short sha256 over every prompt text (and its file name): changes
 /// whenever a prompt changes, so resume keys see new prompts as new work.
 pub fn prompt_version() -> String {
-    let mut hasher = Sha256::new();
-    for p in PROMPTS {
-        hasher.update(p.name.as_bytes());
-        hasher.update([0]);
-        hasher.update(p.text.as_bytes());
-        hasher.update([0]);
-    }
-    hex::encode(hasher.finalize().as_slice())[..12].to_string()
+    crate::prompt::version(&PROMPTS)
 }
 
 // ------------------------------------------------------------------ config
@@ -604,7 +542,10 @@ mod tests {
         for p in PROMPTS {
             assert!(names.insert(p.name), "{} listed twice", p.name);
             assert!(!p.text.trim().is_empty(), "{} is empty", p.name);
-            let used: BTreeSet<&str> = placeholders(p.text).iter().map(|x| x.2).collect();
+            let used: BTreeSet<&str> = crate::prompt::placeholders(p.text)
+                .iter()
+                .map(|x| x.2)
+                .collect();
             for name in &used {
                 assert!(
                     KNOWN.contains(name),
@@ -612,11 +553,9 @@ mod tests {
                     p.name
                 );
             }
-            let needs: BTreeSet<&str> = p.needs.iter().copied().collect();
-            assert_eq!(used, needs, "{}: placeholders used vs needed", p.name);
-            // Rendering with every need filled leaves no placeholder behind.
-            let values: Vec<(&str, &str)> = p.needs.iter().map(|n| (*n, "X")).collect();
-            assert!(!p.render(&values).contains("{{"), "{}", p.name);
+            if let Err(e) = p.check() {
+                panic!("{e}");
+            }
         }
         // Every file in prompts/ is listed (so it is versioned).
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/teacher/prompts");
