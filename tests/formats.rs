@@ -400,6 +400,44 @@ fn prm_labels_follow_the_first_divergent_hook() {
     );
 }
 
+#[test]
+fn rl_expects_only_hooks_grounded_in_the_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = lines(&export(dir.path(), &episodes_fixture(), "rl", "trl", &[]));
+    // The same episodes with the gold trace's first hook marked as a model
+    // hook whose code line was not in its code.
+    let mut episodes: Vec<Value> = lines(&std::fs::read(episodes_fixture()).unwrap());
+    let mut marked = None;
+    for e in episodes.iter_mut() {
+        let id = e["question"]["id"].clone();
+        let hooks = e["gold_trace"]["turns"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .flat_map(|t| t["execution"]["hooks"].as_array_mut().unwrap().iter_mut());
+        if let Some(h) = hooks.into_iter().next() {
+            h["grounded"] = json!(false);
+            marked = Some((id, h["value_hash"].clone()));
+            break;
+        }
+    }
+    let (question, hash) = marked.expect("a gold trace with a hook");
+    let file = dir.path().join("marked.jsonl");
+    let text: Vec<String> = episodes.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&file, text.join("\n") + "\n").unwrap();
+    let sub = dir.path().join("marked");
+    std::fs::create_dir_all(&sub).unwrap();
+    let marked = lines(&export(&sub, &file, "rl", "trl", &[]));
+    let hooks_of = |rows: &[Value]| {
+        rows.iter()
+            .find(|r| r["question_id"] == question)
+            .map(|r| r["hook_hashes"].clone())
+            .unwrap()
+    };
+    assert!(hooks_of(&all).as_array().unwrap().contains(&hash));
+    assert!(!hooks_of(&marked).as_array().unwrap().contains(&hash));
+}
+
 // ------------------------------------------------------------ bad input
 
 #[test]

@@ -52,6 +52,9 @@ pub(super) fn records(judged: &Judged<'_>, _ctx: &Ctx) -> Result<Vec<String>, Fo
         .unwrap_or_default()
         .iter()
         .flat_map(|turn| &turn.execution.hooks)
+        // A model's hook whose code line is not in its code says nothing
+        // trustworthy about where the value came from.
+        .filter(|h| h.grounded != Some(false))
         .map(|h| h.value_hash.as_str())
         .filter(|h| !h.is_empty() && seen.insert(*h))
         .collect();
