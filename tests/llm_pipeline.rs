@@ -860,3 +860,117 @@ fn usage_counts_the_requests_of_a_question_that_failed_on_the_model() {
     // 7 D traces: each first turn answered, each second call tried twice.
     check_usage(&failing, &summary(&out), 7);
 }
+
+/// Template questions answered by the LLM teacher keep their ground truth
+/// as a check: a question every trace answers alike but wrongly is not
+/// verified (`too_hard`), the others are, with `gold_matches_ground_truth`.
+/// The scripted model reads the ground truth from the questions file the
+/// run wrote before answering, and submits it — except for one question.
+#[test]
+fn template_questions_under_the_llm_teacher_are_checked_against_their_ground_truth() {
+    let dir = world_readable_dir();
+    let reg = registry(dir.path());
+    let out = dir.path().join("out");
+    let questions_file = out.join("questions/penguins.jsonl");
+    // question text → ground truth, loaded once the file exists.
+    let truths: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
+    let wrong_one: Arc<Mutex<Option<String>>> = Arc::default();
+    let script = {
+        let (truths, wrong_one) = (truths.clone(), wrong_one.clone());
+        move |req: &Request| -> Response {
+            if req.last_user() == Some(PREFLIGHT) {
+                return Response::reply("OK");
+            }
+            let mut truths = truths.lock().unwrap();
+            if truths.is_empty() {
+                let text = std::fs::read_to_string(&questions_file).expect("questions file");
+                for line in text.lines() {
+                    let q: Question = serde_json::from_str(line).expect("question");
+                    truths.insert(q.question_text.clone(), q.ground_truth.expect("truth"));
+                }
+            }
+            let first = req
+                .messages()
+                .iter()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
+            let (text, truth) = truths
+                .iter()
+                .find(|(t, _)| first.contains(t.as_str()))
+                .map(|(t, v)| (t.clone(), v.clone()))
+                .expect("the question is one of the file's");
+            let mut wrong = wrong_one.lock().unwrap();
+            let wrong = wrong.get_or_insert_with(|| text.clone()) == &text;
+            let answer = if wrong {
+                json!("not the answer")
+            } else {
+                truth
+            };
+            // The answer as a Python literal via JSON.
+            let literal = serde_json::to_string(&answer.to_string()).unwrap();
+            match req.n_assistant() {
+                0 => Response::reply(cell(
+                    "rows = len(df)\nhook(rows, \"rows = len(df)\", name=\"rows\")",
+                )),
+                _ => Response::reply(cell(&format!("import json\nsubmit(json.loads({literal}))"))),
+            }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let server = rt.block_on(Server::start(script));
+    let url = server.base_url();
+    let o = csv_agent_in(
+        dir.path(),
+        &[
+            "run",
+            "--teacher",
+            "llm",
+            "--model",
+            MODEL,
+            "--base-url",
+            &url,
+            "--questions",
+            "template",
+            "--max-questions",
+            "3",
+            "--n-consistency",
+            "1",
+            "--max-turns",
+            "3",
+            "--datasets",
+            s(&reg),
+            "--only",
+            "penguins",
+            "--out",
+            s(&out),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let all = episodes(&out);
+    assert_eq!(all.len(), 3, "{}", text(&o));
+    let wrong = wrong_one
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("one question answered wrongly");
+    for e in &all {
+        assert_eq!(e.teacher, "llm");
+        assert_eq!(e.consistency_traces.len(), 1);
+        assert!(e.question.ground_truth.is_some());
+        if e.question.question_text == wrong {
+            assert!(!e.verified, "{e:?}");
+            assert_eq!(e.triangulation.gold_matches_ground_truth, Some(false));
+            assert!(e.triangulation.gold_matches_majority, "the traces agree");
+            assert_eq!(e.diagnosis.as_deref(), Some("too_hard"));
+        } else {
+            assert!(e.verified, "{:?}", e.reason);
+            assert_eq!(e.triangulation.gold_matches_ground_truth, Some(true));
+            assert_eq!(e.diagnosis, None);
+        }
+    }
+}
