@@ -99,10 +99,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         error,
         elapsed: started.elapsed().as_secs_f64(),
         worker_wait,
-        stop: None,
-        format_errors: 0,
-        corrections: Vec::new(),
-        usage: None,
+        ..Trace::default()
     }
 }
 

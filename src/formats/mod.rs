@@ -737,13 +737,7 @@ mod tests {
             final_answer: answer,
             success: true,
             label: String::new(),
-            error: None,
-            elapsed: 0.0,
-            worker_wait: 0.0,
-            stop: None,
-            format_errors: 0,
-            corrections: Vec::new(),
-            usage: None,
+            ..Trace::default()
         }
     }
 

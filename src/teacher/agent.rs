@@ -257,18 +257,8 @@ pub async fn run_agent(
 ) -> Trace {
     let started = Instant::now();
     let mut trace = Trace {
-        turns: Vec::new(),
-        final_answer: None,
-        final_answer_hash: None,
-        success: false,
         label: label.to_string(),
-        error: None,
-        elapsed: 0.0,
-        worker_wait: 0.0,
-        stop: None,
-        format_errors: 0,
-        corrections: Vec::new(),
-        usage: None,
+        ..Trace::default()
     };
     let mut task = sandbox.task();
     // As in runner::run_steps: waiting for a worker is measured apart from

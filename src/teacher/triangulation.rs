@@ -176,12 +176,7 @@ mod tests {
                 .then(|| "step 1: ValueError: boom".to_string()),
             final_answer: answer,
             label: label.into(),
-            elapsed: 0.0,
-            worker_wait: 0.0,
-            stop: None,
-            format_errors: 0,
-            corrections: Vec::new(),
-            usage: None,
+            ..Trace::default()
         }
     }
 
