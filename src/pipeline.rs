@@ -878,10 +878,9 @@ async fn answer_question(
             return Ok(());
         }
     };
-    for t in std::iter::once(&run.gold).chain(&run.consistency) {
-        if let Some(u) = &t.usage {
-            shared.add_usage(slug, u);
-        }
+    let usage = run.usage();
+    if !usage.is_empty() {
+        shared.add_usage(slug, &usage);
     }
     let verdict = triangulate(&question, &run.gold, &run.consistency);
     let consistency_elapsed: Vec<f64> = run.consistency.iter().map(|t| t.elapsed).collect();

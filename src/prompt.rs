@@ -15,6 +15,19 @@ pub struct Prompt {
     pub needs: &'static [&'static str],
 }
 
+/// `prompt!("file.txt", ["placeholder", …])`: a [`Prompt`] read from
+/// `prompts/file.txt` next to the module that names it.
+#[macro_export]
+macro_rules! prompt {
+    ($file:literal, [$($need:literal),* $(,)?]) => {
+        $crate::prompt::Prompt {
+            name: $file,
+            text: include_str!(concat!("prompts/", $file)),
+            needs: &[$($need),*],
+        }
+    };
+}
+
 /// The `{{name}}` placeholders of a text, in order, with their byte spans.
 pub fn placeholders(text: &str) -> Vec<(usize, usize, &str)> {
     let mut out = Vec::new();

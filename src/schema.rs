@@ -243,10 +243,6 @@ impl Usage {
         self.failed += other.failed;
     }
 
-    pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
-    }
-
     pub fn is_empty(&self) -> bool {
         self.requests == 0 && self.retries == 0 && self.failed == 0
     }

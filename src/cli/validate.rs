@@ -13,7 +13,7 @@ use crate::pipeline::dataset_hash;
 use crate::profile::profile;
 use crate::questions::llm::llm_question_id;
 use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::schema::{Difficulty, Question, QuestionSource, Trace, Usage};
+use crate::schema::{Difficulty, Question, QuestionSource, Trace};
 use crate::teacher::{triangulate, LlmTeacher, Teacher};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -79,12 +79,7 @@ pub async fn run(args: ValidateArgs) -> Result<i32> {
     sandbox.shutdown().await;
     let (question, run) = outcome?;
     let verdict = triangulate(&question, &run.gold, &run.consistency);
-    let mut usage = Usage::default();
-    for t in std::iter::once(&run.gold).chain(&run.consistency) {
-        if let Some(u) = &t.usage {
-            usage.add(u);
-        }
-    }
+    let usage = run.usage();
     if args.json {
         let out = json!({
             "question": question,

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::llm::{Chat, LlmError, Message};
 use crate::profile::{ColumnKind, ColumnProfile, DataProfile};
+use crate::prompt;
 use crate::prompt::Prompt;
 use crate::questions::template::short_hash;
 use crate::sandbox::{Sandbox, SandboxError};
@@ -27,41 +28,14 @@ use crate::teacher::reply::{clip, observation, parse_reply};
 
 // ------------------------------------------------------------------ prompts
 
-const EXPLORE_SYSTEM: Prompt = Prompt {
-    name: "explore_system.txt",
-    text: include_str!("prompts/explore_system.txt"),
-    needs: &["overview", "min_turns", "max_turns"],
-};
-const EXPLORE_START: Prompt = Prompt {
-    name: "explore_start.txt",
-    text: include_str!("prompts/explore_start.txt"),
-    needs: &[],
-};
-const EXPLORE_MORE: Prompt = Prompt {
-    name: "explore_more.txt",
-    text: include_str!("prompts/explore_more.txt"),
-    needs: &["turns_done", "min_turns"],
-};
-const REFORMAT: Prompt = Prompt {
-    name: "reformat.txt",
-    text: include_str!("prompts/reformat.txt"),
-    needs: &["problem"],
-};
-const PROPOSE: Prompt = Prompt {
-    name: "propose.txt",
-    text: include_str!("prompts/propose.txt"),
-    needs: &["total", "counts", "columns"],
-};
-const PROPOSE_MORE: Prompt = Prompt {
-    name: "propose_more.txt",
-    text: include_str!("prompts/propose_more.txt"),
-    needs: &["count", "difficulty", "dropped"],
-};
-const FIX_JSON: Prompt = Prompt {
-    name: "fix_json.txt",
-    text: include_str!("prompts/fix_json.txt"),
-    needs: &["problem"],
-};
+const EXPLORE_SYSTEM: Prompt =
+    prompt!("explore_system.txt", ["overview", "min_turns", "max_turns"]);
+const EXPLORE_START: Prompt = prompt!("explore_start.txt", []);
+const EXPLORE_MORE: Prompt = prompt!("explore_more.txt", ["turns_done", "min_turns"]);
+const REFORMAT: Prompt = prompt!("reformat.txt", ["problem"]);
+const PROPOSE: Prompt = prompt!("propose.txt", ["total", "counts", "columns"]);
+const PROPOSE_MORE: Prompt = prompt!("propose_more.txt", ["count", "difficulty", "dropped"]);
+const FIX_JSON: Prompt = prompt!("fix_json.txt", ["problem"]);
 
 const PROMPTS: [&Prompt; 7] = [
     &EXPLORE_SYSTEM,

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::answers::answer_hash;
 use crate::llm::{Chat, Message};
+use crate::prompt;
 use crate::prompt::Prompt;
 use crate::runner;
 use crate::sandbox::{CellStatus, Sandbox};
@@ -26,16 +27,6 @@ use crate::schema::{Correction, Execution, Question, Trace, Turn, Usage};
 use crate::teacher::reply::{clip, line_diff, observation, parse_reply, Reply};
 
 // ------------------------------------------------------------------ prompts
-
-macro_rules! prompt {
-    ($file:literal, [$($need:literal),*]) => {
-        Prompt {
-            name: $file,
-            text: include_str!(concat!("prompts/", $file)),
-            needs: &[$($need),*],
-        }
-    };
-}
 
 const SYSTEM: Prompt = prompt!("system.txt", ["overview"]);
 const GOLD: Prompt = prompt!(

@@ -16,7 +16,7 @@ use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
 use crate::llm::Chat;
 use crate::profile::DataProfile;
 use crate::sandbox::Sandbox;
-use crate::schema::{Difficulty, Question, Usage};
+use crate::schema::{Difficulty, Question};
 
 /// Bumped when the way this teacher builds traces changes (beyond the
 /// prompts, which carry their own version).
@@ -144,23 +144,18 @@ impl Teacher for LlmTeacher {
                 )
             }));
             let (gold, consistency) = futures::join!(gold, others);
-            if let Some(failed) = std::iter::once(&gold)
-                .chain(&consistency)
+            let run = TeacherRun { gold, consistency };
+            if let Some(failed) = std::iter::once(&run.gold)
+                .chain(&run.consistency)
                 .find(|t| t.stop.as_deref() == Some("model_error"))
             {
-                let mut usage = Usage::default();
-                for t in std::iter::once(&gold).chain(&consistency) {
-                    if let Some(u) = &t.usage {
-                        usage.add(u);
-                    }
-                }
                 return Err(TeacherError::Model {
                     id: question.id.clone(),
                     error: failed.error.clone().unwrap_or_default(),
-                    usage,
+                    usage: run.usage(),
                 });
             }
-            Ok(TeacherRun { gold, consistency })
+            Ok(run)
         })
     }
 }

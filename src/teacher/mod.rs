@@ -37,6 +37,19 @@ pub struct TeacherRun {
     pub consistency: Vec<Trace>,
 }
 
+impl TeacherRun {
+    /// What the model cost over every trace (zero for the program teacher).
+    pub fn usage(&self) -> crate::schema::Usage {
+        let mut usage = crate::schema::Usage::default();
+        for t in std::iter::once(&self.gold).chain(&self.consistency) {
+            if let Some(u) = &t.usage {
+                usage.add(u);
+            }
+        }
+        usage
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TeacherError {
     #[error("question {id} cannot be answered by the {teacher} teacher: {reason}")]
