@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import csv
 import ctypes
 import datetime
 import decimal
+import errno as errno_module
 import gc
 import hashlib
 import io
@@ -90,6 +92,18 @@ REPORTED_PACKAGES = (
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+# struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (native byte order).
+SOCK_FILTER = struct.Struct("=HBBI")
+BPF_CLASS_MASK = 0x07
+BPF_JMP = 0x05
+# Highest capability number any kernel may know; dropping an unknown one
+# fails with EINVAL, which is ignored.
+CAP_LAST_POSSIBLE = 63
+# Exit status of a worker that could not be set up (it never ran user code).
+EXIT_WORKER_SETUP = 71
 # Landlock syscalls have the same numbers on every architecture (asm-generic).
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -365,6 +379,14 @@ class Config:
     # jail's own domain): the jail's Landlock paths minus the scratch root.
     worker_paths: tuple[str, ...] = ()
     threads: int = 1
+    # Per-worker uids: (first, count) of the ids inside the jail that workers
+    # switch to, one each while it lives; None when every worker keeps the
+    # zygote's uid (single-uid mode).
+    worker_ids: Optional[tuple[int, int]] = None
+    # The seccomp filter each worker adds (struct sock_filter bytes) and the
+    # value in it that stands for the worker's own pid.
+    worker_filter: Optional[bytes] = None
+    worker_filter_placeholder: int = 0
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -387,6 +409,8 @@ def parse_config(argv: list[str]) -> Config:
         private_tmp=raw.get("private_tmp", False),
         worker_paths=tuple(raw.get("worker_paths", ())),
         threads=raw.get("threads", 1),
+        worker_ids=_parse_worker_ids(raw.get("worker_ids")),
+        **_parse_worker_filter(raw.get("worker_filter")),
     )
     if not isinstance(config.private_tmp, bool):
         raise ValueError(f"config \"private_tmp\" must be a boolean, got {config.private_tmp!r}")
@@ -401,6 +425,35 @@ def parse_config(argv: list[str]) -> Config:
     if not isinstance(config.worker_scope, bool):
         raise ValueError(f"config \"worker_scope\" must be a boolean, got {config.worker_scope!r}")
     return config
+
+
+def _parse_worker_ids(raw: Any) -> Optional[tuple[int, int]]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("config \"worker_ids\" must be an object or null")
+    first, count = raw.get("first"), raw.get("count")
+    for name, number in (("first", first), ("count", count)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"config \"worker_ids.{name}\" must be a positive integer, got {number!r}")
+    return (first, count)
+
+
+def _parse_worker_filter(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("bpf"), str):
+        raise ValueError("config \"worker_filter\" must be an object with a hex \"bpf\"")
+    try:
+        program = bytes.fromhex(raw["bpf"])
+    except ValueError as exc:
+        raise ValueError(f"config \"worker_filter.bpf\" is not hex: {exc}") from None
+    placeholder = raw.get("placeholder")
+    if isinstance(placeholder, bool) or not isinstance(placeholder, int) or placeholder <= 0:
+        raise ValueError("config \"worker_filter.placeholder\" must be a positive integer")
+    if not program or len(program) % SOCK_FILTER.size:
+        raise ValueError("config \"worker_filter.bpf\" is not a whole number of instructions")
+    return {"worker_filter": program, "worker_filter_placeholder": placeholder}
 
 
 def configure_environment(threads: int) -> None:
@@ -581,6 +634,13 @@ class Zygote:
         # Per-task scratch directories live here (TMPDIR as the supervisor set it).
         self.scratch_root = os.environ.get("TMPDIR", "/tmp")
         self.workers: dict[int, int] = {}  # pid -> worker_id
+        # Per-worker uids not in use, least recently used first; pid -> uid of
+        # every living worker.
+        self.free_ids: Optional[collections.deque[int]] = None
+        if config.worker_ids is not None:
+            first, count = config.worker_ids
+            self.free_ids = collections.deque(range(first, first + count))
+        self.worker_ids: dict[int, int] = {}
         self.terminate_requested = False
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -662,6 +722,12 @@ class Zygote:
         except ValueError as exc:
             self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"invalid limits: {exc}"})
             return
+        uid: Optional[int] = None
+        if self.free_ids is not None:
+            if not self.free_ids:
+                self.send({"type": "fork_failed", "worker_id": worker_id, "error": "every worker uid of this sandbox is in use"})
+                return
+            uid = self.free_ids.popleft()
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # Set before the fork so the worker's very first frame (hello) already
         # carries credentials for whoever ends up holding this end.
@@ -674,26 +740,28 @@ class Zygote:
         except OSError as exc:
             parent_end.close()
             child_end.close()
+            if uid is not None and self.free_ids is not None:
+                self.free_ids.appendleft(uid)
             self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"fork: {exc.strerror or exc}"})
             return
         if pid == 0:
             try:
                 parent_end.close()
-                run_worker(self, child_end, worker_id, limits)
+                run_worker(self, child_end, worker_id, limits, uid)
             except BaseException:
                 # A bug in this file, not in a cell: leave a trace wherever
                 # fd 2 points by now, and never fall back into the zygote loop.
                 traceback.print_exc()
             finally:
                 os._exit(EXIT_WORKER_INTERNAL)
-        # The child does the same; doing it here too closes the race where the
-        # supervisor kills the group before the child got to run.
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+        # The child leads a session of its own (setsid); setpgid from here
+        # would make it a group leader first and so make its setsid fail.
+        # The supervisor kills a worker through its pidfd and cgroup, so it
+        # does not depend on the group existing yet.
         child_end.close()
         self.workers[pid] = worker_id
+        if uid is not None:
+            self.worker_ids[pid] = uid
         try:
             self.send({"type": "forked", "worker_id": worker_id, "pid": pid}, fds=[parent_end.fileno()])
         finally:
@@ -718,6 +786,11 @@ class Zygote:
             worker_id = self.workers.pop(pid, None)
             if worker_id is None:
                 continue  # an orphan reparented to us (we are PID 1 / subreaper)
+            uid = self.worker_ids.pop(pid, None)
+            if uid is not None and self.free_ids is not None:
+                # Reused last: whatever the task left running under this uid
+                # has the whole pool's turn to be killed with its cgroup.
+                self.free_ids.append(uid)
             if self.config.private_tmp:
                 # The task is over: its scratch files must not fill /tmp for
                 # the tasks that come after it.
@@ -751,6 +824,52 @@ class Zygote:
 # --------------------------------------------------------------------------
 # Worker: limits, Landlock scope, output capture, cells
 # --------------------------------------------------------------------------
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_worker_filter(program: bytes, placeholder: int, pid: int) -> dict[str, Any]:
+    """Add the worker's seccomp filter with its own pid in place of the
+    placeholder: calls that name a process by pid may then name only the
+    worker itself. Filters only ever narrow what earlier ones allow."""
+    patched = bytearray()
+    replaced = 0
+    for code, jt, jf, k in SOCK_FILTER.iter_unpack(program):
+        if k == placeholder and code & BPF_CLASS_MASK == BPF_JMP:
+            k = pid
+            replaced += 1
+        patched += SOCK_FILTER.pack(code, jt, jf, k)
+    if not replaced:
+        return {"applied": False, "error": "the worker filter holds no pid placeholder"}
+    buffer = ctypes.create_string_buffer(bytes(patched), len(patched))
+    fprog = _SockFprog(len(patched) // SOCK_FILTER.size, ctypes.cast(buffer, ctypes.c_void_p))
+    libc = _libc()
+    zero = ctypes.c_ulong(0)
+    if libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                  ctypes.c_ulong(ctypes.addressof(fprog)), zero, zero) != 0:
+        error = ctypes.get_errno()
+        return {"applied": False, "error": f"prctl(PR_SET_SECCOMP): {os.strerror(error)} (errno {error})"}
+    return {"applied": True, "error": None}
+
+
+def become_worker_user(uid: int) -> None:
+    """Switch for good to the worker's own uid (and the same gid): first the
+    bounding set goes (needs CAP_SETPCAP, still held), then the ids; leaving
+    uid 0 clears the permitted and effective sets. Raises OSError."""
+    libc = _libc()
+    zero = ctypes.c_ulong(0)
+    for cap in range(CAP_LAST_POSSIBLE + 1):
+        if libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap), zero, zero, zero) != 0:
+            error = ctypes.get_errno()
+            if error != errno_module.EINVAL:
+                raise OSError(error, f"dropping capability {cap} from the bounding set: {os.strerror(error)}")
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
+        raise OSError(errno_module.EPERM, f"the switch to uid {uid} did not hold")
+    os.umask(0o077)
 
 
 def current_vm_size() -> int:
@@ -1310,7 +1429,7 @@ class Worker:
             os._exit(EXIT_OK)  # the supervisor hung up: nobody to serve
 
 
-def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limits) -> NoReturn:
+def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limits, uid: Optional[int]) -> NoReturn:
     """Everything a fresh fork does, in order. Never returns."""
     # 1. Drop what belongs to the zygote: the control channel and its wakeup.
     signal.set_wakeup_fd(-1)
@@ -1320,9 +1439,19 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
     # 2. Default signal behaviour (SIGPIPE stays ignored, as Python sets it).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # 3. Own process group: the supervisor kills the whole task with killpg.
-    os.setpgid(0, 0)
-    # 4. rlimits, then the per-worker Landlock domain.
+    # 3. Own session and process group: no process group of the zygote's
+    #    session (the zygote's own among them) can be joined from here, so
+    #    PRIO_PGRP and kill(0) reach only this task's processes.
+    os.setsid()
+    # 4. Its own uid, for good (per-worker uid mode): from here on the kernel
+    #    tells this task from the zygote and from every sibling.
+    if uid is not None:
+        try:
+            become_worker_user(uid)
+        except OSError as exc:
+            log(f"worker {worker_id}: cannot switch to uid {uid}: {exc}")
+            os._exit(EXIT_WORKER_SETUP)
+    # 5. rlimits, then the per-worker Landlock domain.
     limits_report = apply_limits(limits)
     if zygote.config.worker_scope and zygote.config.private_tmp:
         scratch = task_scratch_dir(zygote.scratch_root, worker_id)
@@ -1335,9 +1464,19 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
         scope = apply_landlock_scope()
     else:
         scope = {"applied": False, "abi": None, "error": None}
+    # 6. The worker's own seccomp filter: pids of other processes are refused.
+    if zygote.config.worker_filter is not None:
+        try:
+            filter_status = install_worker_filter(
+                zygote.config.worker_filter, zygote.config.worker_filter_placeholder, os.getpid()
+            )
+        except (OSError, ValueError, struct.error) as exc:
+            filter_status = {"applied": False, "error": str(exc)}
+    else:
+        filter_status = {"applied": False, "error": "no worker filter configured"}
     worker = Worker(sock, worker_id, zygote.config, zygote.namespace_seed)
     signal.signal(signal.SIGINT, worker._on_sigint)
-    # 5. Hello, with credentials: the supervisor reads our host pid from them.
+    # 7. Hello, with credentials: the supervisor reads our host pid from them.
     credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
     hello = {
         "type": "hello",
@@ -1345,6 +1484,8 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
         "worker_id": worker_id,
         "pid": os.getpid(),
         "scope": scope,
+        "filter": filter_status,
+        "uid": os.getuid(),
         "limits": limits_report,
     }
     try:

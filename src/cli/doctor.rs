@@ -75,6 +75,9 @@ pub fn print_report(report: &IsolationReport, json: bool) -> Result<()> {
             width = width
         );
     }
+    if let Some(w) = &report.worker_isolation {
+        println!("\nworker isolation: {}: {}", w.mode, w.detail);
+    }
     let missing = report.degraded().len();
     if missing == 0 {
         println!("\nall {} layers active", report.layers.len());

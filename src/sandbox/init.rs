@@ -315,6 +315,7 @@ fn jail(
         &spec.argv,
         &spec.env,
         programs,
+        spec.worker_ids.is_some(),
     )
 }
 
@@ -337,11 +338,23 @@ fn unconfined(
         "filesystem",
         "no mount namespace: the host filesystem is visible, limited by Landlock to the image, the system libraries, the dataset and a private work directory",
     )];
-    lock_down(sync, layers, spec, &u.landlock, &u.argv, &u.env, programs)
+    lock_down(
+        sync,
+        layers,
+        spec,
+        &u.landlock,
+        &u.argv,
+        &u.env,
+        programs,
+        false,
+    )
 }
 
 /// The layers every jail gets, in the order the kernel needs, then `execve`:
-/// rlimits, Landlock, capabilities, no_new_privs, seccomp.
+/// rlimits, Landlock, capabilities, no_new_privs, seccomp. With
+/// `per_worker_ids` the zygote keeps what it needs to give each worker its
+/// own uid ([`caps::ZYGOTE_KEEPS`]).
+#[allow(clippy::too_many_arguments)]
 fn lock_down(
     sync: &mut UnixStream,
     mut layers: Vec<Layer>,
@@ -350,6 +363,7 @@ fn lock_down(
     argv: &[String],
     env: &[(String, String)],
     programs: Result<Vec<(&'static str, seccompiler::BpfProgram)>, Failure>,
+    per_worker_ids: bool,
 ) -> Result<Never, Failure> {
     // rlimits before the capabilities go (raising hard limits needs CAP_SYS_RESOURCE).
     let detail = rlimits::apply(&spec.rlimits).map_err(|e| fail("rlimits")(e.to_string()))?;
@@ -370,7 +384,12 @@ fn lock_down(
     }
 
     // Capabilities: nothing left, not even in the bounding set.
-    let detail = caps::drop_all().map_err(|e| fail("capabilities")(e.to_string()))?;
+    let detail = if per_worker_ids {
+        caps::keep_only(&caps::ZYGOTE_KEEPS)
+    } else {
+        caps::drop_all()
+    }
+    .map_err(|e| fail("capabilities")(e.to_string()))?;
     layers.push(Layer::active("capabilities", detail));
 
     caps::set_no_new_privs().map_err(|e| fail("no_new_privs")(e.to_string()))?;

@@ -74,6 +74,37 @@ impl Layer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsolationReport {
     pub layers: Vec<Layer>,
+    /// How workers are told apart by the kernel: each its own uid, or one
+    /// uid for all (then seccomp argument filters and Landlock scoping do
+    /// it). Not a layer: both modes run without `--allow-degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_isolation: Option<WorkerIsolation>,
+}
+
+/// The worker-isolation mode and what it means on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerIsolation {
+    /// `per_worker_uid` or `single_uid`.
+    pub mode: String,
+    pub detail: String,
+}
+
+impl WorkerIsolation {
+    pub const PER_WORKER_UID: &'static str = "per_worker_uid";
+    pub const SINGLE_UID: &'static str = "single_uid";
+
+    pub fn per_worker_uid(detail: impl Into<String>) -> Self {
+        WorkerIsolation {
+            mode: Self::PER_WORKER_UID.to_string(),
+            detail: detail.into(),
+        }
+    }
+    pub fn single_uid(detail: impl Into<String>) -> Self {
+        WorkerIsolation {
+            mode: Self::SINGLE_UID.to_string(),
+            detail: detail.into(),
+        }
+    }
 }
 
 impl IsolationReport {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::layers::{IsolationReport, Layer, LayerStatus};
+use super::layers::{IsolationReport, Layer, LayerStatus, WorkerIsolation};
 use super::{Sandbox, SandboxError};
 
 /// A file every user may read by its mode bits and that no Landlock rule
@@ -351,6 +351,51 @@ pub async fn measure(sandbox: &Sandbox) -> Result<IsolationReport, SandboxError>
             lim("RLIMIT_AS")
         ),
     ));
+    report.worker_isolation = measure_worker_isolation(sandbox, &worker).await;
     report.normalize();
     Ok(report)
+}
+
+/// The host uid of a process (the real uid of `/proc/<pid>/status`).
+fn host_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Confirm the worker-isolation mode from outside: in per-worker uid mode,
+/// this worker, a second live one and the zygote run as three different
+/// host uids.
+async fn measure_worker_isolation(
+    sandbox: &Sandbox,
+    worker: &super::Worker,
+) -> Option<WorkerIsolation> {
+    let configured = sandbox.report().worker_isolation.clone()?;
+    if configured.mode != WorkerIsolation::PER_WORKER_UID {
+        return Some(configured);
+    }
+    let second = sandbox.acquire().await.ok();
+    let zygote = sandbox.zygote_host_pid().and_then(host_uid);
+    let first = host_uid(worker.host_pid);
+    let other = second.as_ref().and_then(|w| host_uid(w.host_pid));
+    let measured = format!(
+        "measured: zygote host uid {}, two live workers host uids {} and {}",
+        zygote.map(|u| u.to_string()).unwrap_or("?".into()),
+        first.map(|u| u.to_string()).unwrap_or("?".into()),
+        other.map(|u| u.to_string()).unwrap_or("?".into()),
+    );
+    let distinct =
+        matches!((zygote, first, other), (Some(z), Some(a), Some(b)) if z != a && z != b && a != b);
+    Some(if distinct {
+        WorkerIsolation::per_worker_uid(format!("{}; {measured}", configured.detail))
+    } else {
+        WorkerIsolation::single_uid(format!(
+            "per-worker uids were configured but not confirmed; {measured}"
+        ))
+    })
 }

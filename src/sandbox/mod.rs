@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod rlimits;
 pub mod seccomp;
 pub mod spawn;
+pub mod uids;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -34,18 +35,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 pub use image::{Image, ImageError, ImageSpec};
-pub use layers::{IsolationReport, Layer, LayerStatus, LAYER_NAMES};
+pub use layers::{IsolationReport, Layer, LayerStatus, WorkerIsolation, LAYER_NAMES};
 use protocol::{
     CellReply, FramedSocket, FromWorker, FromZygote, ProtocolError, ScopeStatus, ToWorker,
     ToZygote, WorkerLimits, ZygoteReady,
 };
-pub use spawn::JailIds;
+pub use uids::{IdLease, JailIds};
 
 /// The zygote program, embedded so the binary is all a host needs besides the image.
 pub const ZYGOTE_PY: &str = include_str!("../../sandbox-image/zygote.py");
 
 /// Path of the dataset directory inside the jail.
 pub const DATA_DIR: &str = "/data";
+/// Open files the zygote may hold (see [`rlimits::RlimitSpec::nofile`]).
+const ZYGOTE_NOFILE: u64 = 65_536;
 
 /// Paths the jail mounts or creates itself; nothing of the host may be bound
 /// beneath them.
@@ -132,7 +135,9 @@ pub struct SandboxOptions {
     pub init_program: PathBuf,
     /// Workers kept pre-forked so a task starts without waiting.
     pub spare_workers: usize,
-    pub ids: JailIds,
+    /// Give each worker its own uid where the host lends a uid range (a root
+    /// supervisor); `false` forces single-uid mode (see [`uids`]).
+    pub worker_uids: bool,
     pub startup_timeout: Duration,
 }
 
@@ -149,7 +154,7 @@ impl SandboxOptions {
             allow_degraded: false,
             init_program,
             spare_workers: 1,
-            ids: JailIds::default_for_caller(),
+            worker_uids: true,
             startup_timeout: Duration::from_secs(180),
         })
     }
@@ -369,6 +374,11 @@ struct Shared {
     jail: Mutex<Option<spawn::JailProcess>>,
     /// The private work directory of a jail without namespaces.
     workdir: Option<PathBuf>,
+    allow_degraded: bool,
+    /// The ids the zygote hands its workers (per-worker uid mode).
+    worker_ids: Option<uids::WorkerIds>,
+    /// The jail's host ids; declared last so the lease outlives the jail.
+    _ids: IdLease,
 }
 
 /// One jailed zygote with its dataset loaded. Cheap to clone (shared handle).
@@ -486,11 +496,21 @@ pub fn check_image_location(path: &Path) -> Result<(), SandboxError> {
 /// worker's own Landlock domain keeps: everything the jail's domain allows
 /// except the shared scratch root (`scratch`), of which each worker gets only
 /// its own `task-<id>` directory.
+/// What the zygote does to each worker before its first cell, beyond its
+/// Landlock domain: the uid it switches to and the seccomp filter it adds.
+#[derive(Debug, Clone)]
+struct WorkerSetup {
+    ids: Option<uids::WorkerIds>,
+    /// [`seccomp::WORKER_FILTER`], compiled, as hex.
+    filter_hex: String,
+}
+
 fn zygote_config(
     csv_path: &str,
     limits: &Limits,
     jail_rules: &landlock::LandlockSpec,
     scratch: &Path,
+    setup: &WorkerSetup,
 ) -> serde_json::Value {
     let worker_paths: Vec<String> = jail_rules
         .read_exec
@@ -508,6 +528,11 @@ fn zygote_config(
         "private_tmp": true,
         "worker_paths": worker_paths,
         "threads": 1,
+        "worker_ids": setup.ids,
+        "worker_filter": {
+            "bpf": setup.filter_hex,
+            "placeholder": seccomp::WORKER_PID_PLACEHOLDER,
+        },
     })
 }
 
@@ -540,6 +565,7 @@ fn unconfined_spec(
     csv: &Path,
     limits: &Limits,
     lib_paths: Vec<PathBuf>,
+    setup: &WorkerSetup,
 ) -> Result<spawn::UnconfinedSpec, SandboxError> {
     let zygote = workdir.join("zygote.py");
     std::fs::write(&zygote, ZYGOTE_PY).map_err(|source| SandboxError::Io {
@@ -577,7 +603,13 @@ fn unconfined_spec(
         *script = zygote.display().to_string();
     }
     if let Some(config) = argv.last_mut() {
-        *config = zygote_config(&csv.display().to_string(), limits, &rules, workdir).to_string();
+        // No user namespace, so no ids to hand out: one uid, as the caller.
+        let setup = WorkerSetup {
+            ids: None,
+            ..setup.clone()
+        };
+        *config =
+            zygote_config(&csv.display().to_string(), limits, &rules, workdir, &setup).to_string();
     }
     Ok(spawn::UnconfinedSpec {
         workdir: workdir.to_path_buf(),
@@ -605,12 +637,14 @@ impl Sandbox {
                 reason: "is not a regular file".to_string(),
             });
         }
-        if !readable_by(&meta, opts.ids.uid, opts.ids.gid) {
+        // The jail's ids: a uid block of its own, or the single uid.
+        let lease = uids::lease(opts.worker_uids);
+        if !readable_by(&meta, lease.ids.uid, lease.ids.gid) {
             return Err(SandboxError::Dataset {
                 path: csv,
                 reason: format!(
                     "the jail runs as host uid {} and cannot read it; make it readable (chmod o+r) or copy it somewhere readable",
-                    opts.ids.uid
+                    lease.ids.uid
                 ),
             });
         }
@@ -747,11 +781,19 @@ impl Sandbox {
                 PathBuf::from("/dev/zero"),
             ],
         };
+        let setup = WorkerSetup {
+            ids: lease.workers,
+            filter_hex: seccomp::worker_filter_hex().map_err(|e| SandboxError::Io {
+                what: "compiling the worker seccomp filter".to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        };
         let zygote_config = zygote_config(
             &csv_in_jail,
             &limits,
             &landlock_spec,
             Path::new(mounts::SCRATCH),
+            &setup,
         );
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/bin:/bin".into()),
@@ -772,7 +814,7 @@ impl Sandbox {
             landlock: landlock_spec,
             rlimits: rlimits::RlimitSpec {
                 fsize_bytes: limits.fsize_bytes,
-                nofile: limits.nofile,
+                nofile: ZYGOTE_NOFILE.max(limits.nofile),
                 nproc: limits.nproc,
             },
             hostname: "csv-agent".to_string(),
@@ -785,6 +827,7 @@ impl Sandbox {
             ],
             env,
             allow_degraded: opts.allow_degraded,
+            worker_ids: lease.workers,
             unconfined: None,
         };
         let mut spec = spec;
@@ -799,6 +842,7 @@ impl Sandbox {
                 &csv,
                 &limits,
                 lib_paths_for_fallback.clone(),
+                &setup,
             )?);
             Some(dir)
         } else {
@@ -809,7 +853,7 @@ impl Sandbox {
             &opts.init_program,
             &spec,
             zygote_group.as_ref(),
-            opts.ids,
+            lease.ids,
             opts.startup_timeout,
         )
         .await
@@ -844,6 +888,7 @@ impl Sandbox {
                 csv_in_jail
             }
         };
+        let jail_unconfined = jail.unconfined.is_some();
         let workdir = if jail.unconfined.is_some() {
             workdir
         } else {
@@ -856,6 +901,13 @@ impl Sandbox {
                 report.set(Layer::active(ns, "created by the jail init"));
             }
         }
+        report.worker_isolation = Some(match (&lease.workers, &jail.unconfined) {
+            (Some(_), None) => WorkerIsolation::per_worker_uid(lease.describe()),
+            (_, Some(reason)) => WorkerIsolation::single_uid(format!(
+                "single uid: no user namespace ({reason}); seccomp argument filters and Landlock scoping separate the workers"
+            )),
+            (None, None) => WorkerIsolation::single_uid(lease.describe()),
+        });
         report.normalize();
 
         // dup: one descriptor for the reader task, one for senders (tokio
@@ -907,6 +959,9 @@ impl Sandbox {
             zygote_group,
             jail: Mutex::new(Some(jail)),
             workdir,
+            allow_degraded: opts.allow_degraded,
+            worker_ids: if jail_unconfined { None } else { lease.workers },
+            _ids: lease,
         });
 
         let ready = match wait_ready(control_rx, &shared, opts.startup_timeout).await {
@@ -1251,7 +1306,7 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     };
     let mut socket = FramedSocket::new(fd, "worker")?;
     let hello = tokio::time::timeout(FORK_TIMEOUT, socket.recv_msg::<FromWorker>("hello")).await;
-    let (scope, host_pid) = match hello {
+    let (scope, filter, uid, host_pid) = match hello {
         Ok(Ok((FromWorker::Hello { version, .. }, _))) if version != protocol::PROTOCOL_VERSION => {
             cleanup(&group);
             return Err(ProtocolError::Unexpected {
@@ -1261,7 +1316,41 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             }
             .into());
         }
-        Ok(Ok((FromWorker::Hello { scope, pid, .. }, frame))) => {
+        Ok(Ok((
+            FromWorker::Hello {
+                scope,
+                filter,
+                uid,
+                pid,
+                ..
+            },
+            frame,
+        ))) => {
+            if !filter.applied && !shared.allow_degraded {
+                if let Some(h) = frame.sender_pid.and_then(|p| u32::try_from(p).ok()) {
+                    kill_pid(h);
+                }
+                cleanup(&group);
+                return Err(SandboxError::Worker {
+                    worker_id,
+                    detail: format!(
+                        "the worker's own seccomp filter could not be applied ({}); pass --allow-degraded to run without it",
+                        filter.error.unwrap_or_default()
+                    ),
+                });
+            }
+            if let (Some(expected), Some(got)) = (shared.worker_ids, uid) {
+                if got < expected.first || got >= expected.first + expected.count {
+                    if let Some(h) = frame.sender_pid.and_then(|p| u32::try_from(p).ok()) {
+                        kill_pid(h);
+                    }
+                    cleanup(&group);
+                    return Err(SandboxError::Worker {
+                        worker_id,
+                        detail: format!("the worker runs as uid {got}, not one of its own"),
+                    });
+                }
+            }
             let host_pid = frame
                 .sender_pid
                 .and_then(|p| u32::try_from(p).ok())
@@ -1270,7 +1359,7 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
                     detail: format!("hello from jail pid {pid} carried no credentials"),
                 });
             match host_pid {
-                Ok(h) => (scope, h),
+                Ok(h) => (scope, filter, uid, h),
                 Err(e) => {
                     cleanup(&group);
                     return Err(e);
@@ -1319,6 +1408,8 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
         host_pid,
         ns_pid,
         scope,
+        filter,
+        uid,
         socket,
         group,
         shared: shared.clone(),
@@ -1392,6 +1483,10 @@ pub struct Worker {
     /// Pid inside the jail.
     pub ns_pid: i32,
     pub scope: ScopeStatus,
+    /// The worker's own seccomp filter, as it reported it.
+    pub filter: ScopeStatus,
+    /// Its uid inside the jail.
+    pub uid: Option<u32>,
     socket: FramedSocket,
     group: Option<cgroup::Group>,
     shared: Arc<Shared>,

@@ -353,10 +353,11 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
 
     // /scratch: each task's private directory (its HOME, TMPDIR and working
     // directory) lives here; a worker's Landlock domain allows only its own.
+    // 1733: a worker (its own uid) may create its directory, not list others.
     tmpfs(
         &staged(Path::new(SCRATCH)),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!("size={},mode=0711", spec.tmp_size_bytes),
+        &format!("size={},mode=1733", spec.tmp_size_bytes),
     )?;
 
     // A fresh procfs: it shows only the jail's pid namespace.

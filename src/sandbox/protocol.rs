@@ -489,6 +489,12 @@ pub enum FromWorker {
         pid: i32,
         #[serde(default)]
         scope: ScopeStatus,
+        /// The worker's own seccomp filter (pids of other processes refused).
+        #[serde(default)]
+        filter: ScopeStatus,
+        /// The worker's uid inside the jail (its own in per-worker uid mode).
+        #[serde(default)]
+        uid: Option<u32>,
     },
     Result(CellReply),
 }

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub struct RlimitSpec {
     /// Largest file the jail may write (also bounds memfd output capture).
     pub fsize_bytes: u64,
+    /// Open files of the zygote (capped at the hard limit the jail inherits);
+    /// each worker lowers its own to the worker limit. The zygote's is higher
+    /// on purpose: in single-uid mode the kernel refuses to pass descriptors
+    /// (a new worker's socket) once the user's descriptors in flight exceed
+    /// the sender's RLIMIT_NOFILE, and workers, at their lower limit, cannot
+    /// push that count anywhere near the zygote's.
     pub nofile: u64,
     /// Processes and threads of the jail user inside its user namespace: the
     /// fork-bomb backstop where no pids cgroup is available.
@@ -35,12 +41,19 @@ pub fn apply(spec: &RlimitSpec) -> Result<String, RlimitError> {
     };
     set(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
     set(Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE", spec.fsize_bytes)?;
-    set(Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", spec.nofile)?;
+    let (_, nofile_hard) =
+        nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE).map_err(|source| RlimitError {
+            resource: "RLIMIT_NOFILE",
+            value: spec.nofile,
+            source,
+        })?;
+    let nofile = spec.nofile.min(nofile_hard);
+    set(Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", nofile)?;
     set(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", spec.nproc)?;
     Ok(format!(
-        "core 0, fsize {} MiB, nofile {}, nproc {}; per worker: cpu seconds",
+        "core 0, fsize {} MiB, nofile {} (zygote), nproc {}; per worker: cpu seconds, nofile",
         spec.fsize_bytes >> 20,
-        spec.nofile,
+        nofile,
         spec.nproc
     ))
 }

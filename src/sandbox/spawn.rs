@@ -23,6 +23,7 @@ use super::layers::Layer;
 use super::mounts::FsSpec;
 use super::protocol::{decode, encode, FromInit, ProtocolError, ToInit, MAX_FRAME};
 use super::rlimits::RlimitSpec;
+use super::uids::{JailIds, WorkerIds};
 
 /// Where the zygote finds its control socket.
 pub const CONTROL_FD: RawFd = 3;
@@ -42,6 +43,9 @@ pub struct JailSpec {
     /// The zygote's whole environment: nothing of the host's is passed.
     pub env: Vec<(String, String)>,
     pub allow_degraded: bool,
+    /// The ids the zygote gives its workers (per-worker uid mode): the
+    /// zygote then keeps the capabilities to switch a worker to one of them.
+    pub worker_ids: Option<WorkerIds>,
     /// How to run when no user namespace can be made; `None` refuses
     /// (set only with `--allow-degraded`).
     pub unconfined: Option<UnconfinedSpec>,
@@ -122,31 +126,6 @@ impl StderrTail {
     }
 }
 
-/// The host uid/gid that root inside the jail maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JailIds {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl JailIds {
-    /// Host root maps the jail to `nobody`; anyone else maps it to themselves
-    /// (the only mapping an unprivileged user may write).
-    pub fn default_for_caller() -> JailIds {
-        if nix::unistd::geteuid().is_root() {
-            JailIds {
-                uid: 65534,
-                gid: 65534,
-            }
-        } else {
-            JailIds {
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-            }
-        }
-    }
-}
-
 fn socketpair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     socketpair(
@@ -201,7 +180,8 @@ async fn read_init_frame(
 }
 
 /// Write `/proc/<pid>/{setgroups,uid_map,gid_map}` so root in the jail is
-/// `ids` on the host. `setgroups` is denied first: required for an
+/// `ids` on the host (and inside ids 1.. the consecutive host ids after it,
+/// in per-worker uid mode). `setgroups` is denied first: required for an
 /// unprivileged writer, and it keeps the jail from ever changing groups.
 fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
     let write = |file: &str, text: String| {
@@ -213,8 +193,8 @@ fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
         })
     };
     write("setgroups", "deny".to_string())?;
-    write("uid_map", format!("0 {} 1\n", ids.uid))?;
-    write("gid_map", format!("0 {} 1\n", ids.gid))?;
+    write("uid_map", format!("0 {} {}\n", ids.uid, ids.count.max(1)))?;
+    write("gid_map", format!("0 {} {}\n", ids.gid, ids.count.max(1)))?;
     Ok(())
 }
 

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use csv_agent::sandbox::image::{self, Image, ImageProgress, ImageSpec};
+pub mod attack;
+
 use csv_agent::sandbox::{CellResult, Limits, Sandbox, SandboxOptions};
 
 /// The real binary: the jail init is this executable re-run in init mode.
