@@ -1451,6 +1451,12 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
         except OSError as exc:
             log(f"worker {worker_id}: cannot switch to uid {uid}: {exc}")
             os._exit(EXIT_WORKER_SETUP)
+        try:
+            # Its /proc files become its own again (its own environ, mem);
+            # another uid and Landlock's ptrace scoping keep everyone else out.
+            prctl(PR_SET_DUMPABLE, 1)
+        except OSError as exc:
+            log(f"worker {worker_id}: cannot set the dumpable flag: {exc}")
     # 5. rlimits, then the per-worker Landlock domain.
     limits_report = apply_limits(limits)
     if zygote.config.worker_scope and zygote.config.private_tmp:

@@ -661,3 +661,86 @@ fn a_wrong_template_is_caught_and_named() {
         text(&o)
     );
 }
+
+const CRIPPLE_ZYGOTE_TEMPLATE: &str = r#"
+name = "cripple_zygote"
+description = "A hostile reference program: it tries to set the zygote's CPU limit to 1 s"
+difficulty = "EASY"
+n_steps = 1
+question = "How many rows does the table have?"
+hint = "len(df)"
+output_type = "scalar"
+output_schema = "integer"
+max_bindings = 1
+[[steps]]
+reasoning = "Limit pid 1, then count."
+code = """
+import resource
+resource.prlimit(1, resource.RLIMIT_CPU, (1, 1))
+submit(len(df))
+"""
+[[alternatives]]
+name = "shape"
+reasoning = "Count the rows."
+code = """
+submit(int(df.shape[0]))
+"""
+"#;
+
+/// The reproduction of a hole: a template whose reference program lowered
+/// the zygote's CPU limit (`prlimit(1, RLIMIT_CPU, (1, 1))`) succeeded, and
+/// every later question of the dataset failed ("the zygote is gone"). Now
+/// the call is refused inside the worker: that one question fails with the
+/// PermissionError, and every other question of the dataset is answered.
+#[test]
+fn a_template_that_attacks_the_zygote_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(
+        templates.join("cripple_zygote.toml"),
+        CRIPPLE_ZYGOTE_TEMPLATE,
+    )
+    .expect("write template");
+    let out = dir.path().join("out");
+    let o = csv_agent(&[
+        "run",
+        "--datasets",
+        path(&registry()),
+        "--only",
+        "penguins",
+        "--templates",
+        path(&templates),
+        "--max-questions",
+        "12",
+        "--out",
+        path(&out),
+    ]);
+    let all_text = text(&o);
+    assert!(!all_text.contains("zygote is gone"), "{all_text}");
+    // One question failed at its ground truth, named with the refusal.
+    assert_eq!(o.status.code(), Some(1), "{all_text}");
+    assert!(
+        all_text.contains("cripple_zygote") && all_text.contains("PermissionError"),
+        "{all_text}"
+    );
+    let log = std::fs::read_to_string(out.join("logs/penguins.log")).unwrap_or_default();
+    assert!(!log.contains("zygote is gone"), "{log}");
+    assert_eq!(questions(&out, "penguins").len(), 11, "{all_text}");
+    // Every other question got its episode, verified.
+    let all = episodes(&out);
+    let others: Vec<_> = all
+        .iter()
+        .filter(|e| e.question.template_name.as_deref() != Some("cripple_zygote"))
+        .collect();
+    assert_eq!(others.len(), 11, "{all_text}");
+    assert!(others.iter().all(|e| e.verified), "{all_text}");
+    let s = summary(&out);
+    assert_eq!(dataset_summary(&s, "penguins")["verified"], 11, "{s}");
+    let failures = dataset_summary(&s, "penguins")["failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failures.len(), 1, "{s}");
+    assert_eq!(failures[0]["template"], "cripple_zygote", "{s}");
+}

@@ -1597,7 +1597,10 @@ report(
     }
     assert_eq!(st["NoNewPrivs"], "1");
     assert_eq!(st["Seccomp"], "2");
-    assert_eq!(st["Uid"], "0\t0\t0\t0");
+    // The worker's own uid (not root of the jail), in all four places.
+    let uid: Vec<&str> = st["Uid"].as_str().unwrap_or_default().split('\t').collect();
+    assert_eq!(uid.len(), 4, "{obs}");
+    assert!(uid.iter().all(|u| *u == uid[0] && *u != "0"), "{obs}");
 
     // outside
     assert_sandbox_healthy(&sb).await;
@@ -1615,13 +1618,16 @@ async fn changing_identity_fails() {
     // inside
     let code = payload(
         r#"
+other = os.getuid() + 1
 report(
-    setuid=attempt(os.setuid, 1000),
+    setuid=attempt(os.setuid, other),
     setuid0=attempt(os.setuid, 0),
     seteuid=attempt(os.seteuid, 65534),
-    setgid=attempt(os.setgid, 1000),
+    setgid=attempt(os.setgid, other),
     setgroups=attempt(os.setgroups, [0, 27]),
-    setresuid=attempt(os.setresuid, 1000, 1000, 1000),
+    setresuid=attempt(os.setresuid, other, other, other),
+    setresuid0=attempt(os.setresuid, 0, 0, 0),
+    setresgid0=attempt(os.setresgid, 0, 0, 0),
     ids=[os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
 )
 "#,
@@ -1636,15 +1642,30 @@ report(
         "setgid",
         "setgroups",
         "setresuid",
+        "setresuid0",
+        "setresgid0",
     ] {
         assert_refused_with(&obs[probe], probe, &[libc::EPERM]);
     }
-    assert_eq!(obs["ids"], serde_json::json!([0, 0, 0, 0]));
+    // The worker's own ids, not root of the jail.
+    let ids = obs["ids"].as_array().expect("ids");
+    assert!(ids.iter().all(|i| *i == ids[0] && *i != 0), "{obs}");
 
-    // outside
+    // outside: one uid of the sandbox's own block, not the zygote's
     let uid = host_status_field(host_pid, "Uid").expect("Uid");
+    let zygote_uid = host_status_field(sb.zygote_host_pid().expect("zygote"), "Uid").expect("Uid");
+    let first = uid
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        uid.split_whitespace().all(|u| u == "65534"),
+        uid.split_whitespace().all(|u| u == first) && uid != zygote_uid,
+        "host Uid of the worker: {uid}, of the zygote: {zygote_uid}"
+    );
+    let first: u32 = first.parse().expect("uid");
+    assert!(
+        first >= csv_agent::sandbox::uids::FIRST_HOST_ID,
         "host Uid of the worker: {uid}"
     );
     let groups = host_status_field(host_pid, "Groups").unwrap_or_default();
@@ -2049,8 +2070,9 @@ for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]:
     assert status[cap] == "0000000000000000", (cap, status[cap])
 assert status["Seccomp"] == "2", status["Seccomp"]
 assert status["NoNewPrivs"] == "1", status["NoNewPrivs"]
-assert open("/proc/self/uid_map").read().split() == ["0", "65534", "1"], open("/proc/self/uid_map").read()
-assert open("/proc/self/gid_map").read().split() == ["0", "65534", "1"], open("/proc/self/gid_map").read()
+uid_map = open("/proc/self/uid_map").read().split()
+assert uid_map[0] == "0" and uid_map[2] == "65536" and int(uid_map[1]) >= 1600000000, uid_map
+assert open("/proc/self/gid_map").read().split() == uid_map, open("/proc/self/gid_map").read()
 assert open("/proc/self/setgroups").read().strip() == "deny"
 import json
 print(json.dumps({k: status[k] for k in ["Uid", "Gid", "CapEff", "CapBnd", "Seccomp", "NoNewPrivs"]}))
@@ -2062,21 +2084,32 @@ print(json.dumps({k: status[k] for k in ["Uid", "Gid", "CapEff", "CapBnd", "Secc
     // outside
     let worker = task.worker().expect("worker");
     let zygote = sb.zygote_host_pid().expect("zygote");
+    // The zygote is the first id of the sandbox's block; the worker another.
+    let block = csv_agent::sandbox::uids::FIRST_HOST_ID;
     for pid in [worker.host_pid, zygote] {
         let uid = host_status_field(pid, "Uid").expect("Uid");
-        assert!(
-            uid.split_whitespace().all(|u| u == "65534"),
-            "host Uid of {pid}: {uid}"
-        );
         let gid = host_status_field(pid, "Gid").expect("Gid");
+        let ids: Vec<u32> = uid
+            .split_whitespace()
+            .chain(gid.split_whitespace())
+            .map(|u| u.parse().expect("id"))
+            .collect();
         assert!(
-            gid.split_whitespace().all(|g| g == "65534"),
-            "host Gid of {pid}: {gid}"
+            ids.iter().all(|i| *i == ids[0] && *i >= block),
+            "host Uid/Gid of {pid}: {uid} / {gid}"
         );
-        assert_eq!(
-            host_status_field(pid, "CapEff").as_deref(),
-            Some("0000000000000000")
-        );
+        // Inside its user namespace the zygote keeps the capabilities that
+        // give workers their uids (none of them counts on the host); a
+        // worker holds none.
+        let caps = host_status_field(pid, "CapEff").unwrap_or_default();
+        if pid == zygote {
+            let eff = u64::from_str_radix(&caps, 16).expect("hex");
+            // DAC_OVERRIDE, FOWNER, KILL, SETGID, SETUID, SETPCAP
+            let allowed: u64 = [1u32, 3, 5, 6, 7, 8].iter().map(|c| 1u64 << c).sum();
+            assert_eq!(eff & !allowed, 0, "the zygote holds more: {caps}");
+        } else {
+            assert_eq!(caps, "0000000000000000");
+        }
         assert_eq!(host_status_field(pid, "Seccomp").as_deref(), Some("2"));
         assert_eq!(host_status_field(pid, "NoNewPrivs").as_deref(), Some("1"));
     }
