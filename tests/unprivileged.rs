@@ -146,6 +146,10 @@ fn doctor_as_nobody_reports_cgroups_unavailable_and_everything_else_active() {
             assert_eq!(layer["status"], "active", "{layer}");
         }
     }
+    // An unprivileged caller may map only its own uid: the workers share it.
+    assert_eq!(v["worker_isolation"]["mode"], "single_uid", "{v}");
+    let detail = v["worker_isolation"]["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("65534") && detail.contains("seccomp"), "{detail}");
 }
 
 #[test]
@@ -290,13 +294,33 @@ libc = ctypes.CDLL(None, use_errno=True)
 r = libc.unshare(0x10000000)
 print(r, ctypes.get_errno())
 "#,
-            "len(df)",
+            // The zygote's limits, nice value and CPUs: refused by the
+            // worker's own seccomp filter (one uid for all here).
+            r#"
+import os, resource
+out = []
+for attack in (
+    lambda: resource.prlimit(1, resource.RLIMIT_CPU, (1, 1)),
+    lambda: resource.prlimit(1, resource.RLIMIT_NOFILE, (3, 3)),
+    lambda: os.setpriority(os.PRIO_PROCESS, 1, 17),
+    lambda: os.setpriority(os.PRIO_USER, 0, 17),
+    lambda: os.sched_setaffinity(1, {0}),
+):
+    try:
+        attack()
+        out.append("done")
+    except PermissionError:
+        out.append("denied")
+print(" ".join(out))
+"#,
+            "import time; time.sleep(1.5); len(df)",
         ],
         &[],
     );
     assert_eq!(status, Some(0), "{err}");
     assert_eq!(cells[0]["stdout"], "kill denied\n-1 1\n");
-    assert_eq!(cells[1]["result"], "344");
+    assert_eq!(cells[1]["stdout"], "denied denied denied denied denied\n");
+    assert_eq!(cells[2]["result"], "344");
 }
 
 #[test]
