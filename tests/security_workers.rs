@@ -604,3 +604,65 @@ async fn descriptors_in_flight_do_not_starve_another_sandbox() {
 async fn descriptors_in_flight_do_not_starve_another_sandbox_single_uid() {
     descriptors_in_flight_stay_with_their_owner(false).await;
 }
+
+/// Kernel resources counted per user: a worker exhausts what it can of each
+/// (pending real-time signals, descriptors in flight above) or is refused the
+/// call (inotify, POSIX message queues, locked memory, user namespaces);
+/// a sibling of another uid and the zygote are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_kernel_counts_are_per_worker_or_refused() {
+    let mut scene = Scene::new(true).await;
+    let obs = scene
+        .attack(
+            r#"
+import mmap
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+info = ctypes.create_string_buffer(128)
+ctypes.memmove(info, int(signal.SIGRTMIN).to_bytes(4, "little") + (0).to_bytes(4, "little") + (-1).to_bytes(4, "little", signed=True), 12)
+queued = 0
+last = None
+while queued < 100000:
+    r = sys_call(129, os.getpid(), int(signal.SIGRTMIN), ctypes.addressof(info))
+    if not r["ok"]:
+        last = r
+        break
+    queued += 1
+def locked_map():
+    m = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x2000)
+    m.close()
+report(
+    queued=queued,
+    stopped_by=last,
+    sigpending=resource.getrlimit(resource.RLIMIT_SIGPENDING),
+    inotify=sys_call(294, 0),
+    mq_open=sys_call(240, 0, 0, 0, 0),
+    mlock=sys_call(149, 0, 4096),
+    mlockall=sys_call(151, 1),
+    map_locked=attempt(locked_map),
+    userns=sys_call(272, 0x10000000),
+)
+"#,
+        )
+        .await;
+    assert_eq!(obs["queued"], 4096, "bounded by RLIMIT_SIGPENDING: {obs}");
+    assert_refused_with(&obs["stopped_by"], "one more queued signal", &[libc::EAGAIN]);
+    for what in ["inotify", "mq_open", "mlock", "mlockall", "userns"] {
+        assert_refused_with(&obs[what], what, &[EPERM]);
+    }
+    assert_refused_with(&obs["map_locked"], "mmap(MAP_LOCKED)", &[libc::EAGAIN, EPERM]);
+    // The sibling (another uid) still queues signals of its own.
+    let code = payload(
+        r#"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+info = ctypes.create_string_buffer(128)
+ctypes.memmove(info, int(signal.SIGRTMIN).to_bytes(4, "little") + (0).to_bytes(4, "little") + (-1).to_bytes(4, "little", signed=True), 12)
+report(one=sys_call(129, os.getpid(), int(signal.SIGRTMIN), ctypes.addressof(info)))
+"#,
+        &[],
+    );
+    let sib = observed(&exec(&mut scene.sibling, &code).await);
+    assert_allowed(&sib["one"], "a sibling's own queued signal");
+    // The attacker's pending signals die with it: replace it with a fresh one.
+    scene.attacker = scene.sb.acquire().await.expect("fresh attacker");
+    scene.assert_unharmed().await;
+}
