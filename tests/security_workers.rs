@@ -349,6 +349,12 @@ for f, data in (("oom_score_adj", "1000"), ("comm", "pwned"), ("timerslack_ns", 
     obs["KEY_" + f] = attempt(write, f"/proc/{pid}/{f}", data)
 obs["KEY_mem_read"] = attempt(read, f"/proc/{pid}/mem", "rb")
 obs["KEY_environ"] = attempt(read, f"/proc/{pid}/environ", "rb")
+# Descriptors (the zygote's control socket is its fd 3), working directory
+# (a sibling's private scratch) and root of another process.
+obs["KEY_fd_list"] = attempt(os.listdir, f"/proc/{pid}/fd")
+obs["KEY_fd_open"] = attempt(os.open, f"/proc/{pid}/fd/3", os.O_RDWR)
+obs["KEY_cwd"] = attempt(os.listdir, f"/proc/{pid}/cwd")
+obs["KEY_root"] = attempt(os.listdir, f"/proc/{pid}/root/tmp")
 "#,
         ))
         .await;
@@ -515,6 +521,11 @@ obs["KEY_setpriority_pgrp"] = attempt(os.setpriority, os.PRIO_PGRP, pid, 17)
 obs["KEY_setaffinity"] = attempt(os.sched_setaffinity, pid, {0})
 obs["KEY_kill"] = attempt(os.kill, pid, signal.SIGKILL)
 obs["KEY_oom_score_adj"] = attempt(write, f"/proc/{pid}/oom_score_adj", "1000")
+obs["KEY_fd_open"] = attempt(os.open, f"/proc/{pid}/fd/3", os.O_RDWR)
+obs["KEY_cwd"] = attempt(os.listdir, f"/proc/{pid}/cwd")
+obs["KEY_mem"] = attempt(read, f"/proc/{pid}/mem", "rb")
+obs["KEY_getaffinity"] = attempt(os.sched_getaffinity, pid)
+obs["KEY_getpgid"] = attempt(os.getpgid, pid)
 "#,
         ))
         .await;
