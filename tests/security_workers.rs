@@ -656,11 +656,19 @@ report(
         )
         .await;
     assert_eq!(obs["queued"], 4096, "bounded by RLIMIT_SIGPENDING: {obs}");
-    assert_refused_with(&obs["stopped_by"], "one more queued signal", &[libc::EAGAIN]);
+    assert_refused_with(
+        &obs["stopped_by"],
+        "one more queued signal",
+        &[libc::EAGAIN],
+    );
     for what in ["inotify", "mq_open", "mlock", "mlockall", "userns"] {
         assert_refused_with(&obs[what], what, &[EPERM]);
     }
-    assert_refused_with(&obs["map_locked"], "mmap(MAP_LOCKED)", &[libc::EAGAIN, EPERM]);
+    assert_refused_with(
+        &obs["map_locked"],
+        "mmap(MAP_LOCKED)",
+        &[libc::EAGAIN, EPERM],
+    );
     // The sibling (another uid) still queues signals of its own.
     let code = payload(
         r#"

@@ -149,7 +149,10 @@ fn doctor_as_nobody_reports_cgroups_unavailable_and_everything_else_active() {
     // An unprivileged caller may map only its own uid: the workers share it.
     assert_eq!(v["worker_isolation"]["mode"], "single_uid", "{v}");
     let detail = v["worker_isolation"]["detail"].as_str().unwrap_or("");
-    assert!(detail.contains("65534") && detail.contains("seccomp"), "{detail}");
+    assert!(
+        detail.contains("65534") && detail.contains("seccomp"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -500,4 +503,179 @@ fn without_user_namespaces_doctor_says_which_layers_hold() {
     ] {
         assert_eq!(status(name), "active", "{name}: {v}");
     }
+}
+
+/// A user of its own with a subordinate uid and gid range (`/etc/subuid`,
+/// `/etc/subgid`), made once on this machine; `newuidmap`/`newgidmap` come
+/// from Debian's `uidmap` (installed by `.ci/run`).
+fn subordinate_user() -> (u32, u32) {
+    const NAME: &str = "csvagent-sub";
+    if csv_agent::sandbox::uids::find_helper("newuidmap").is_none() {
+        // The test needs Debian's set-uid helpers; install them as root.
+        let ok = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q uidmap",
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "installing Debian's uidmap (newuidmap, newgidmap) failed"
+        );
+    }
+    let lookup = || {
+        let id = |flag: &str| {
+            Command::new("id")
+                .args([flag, NAME])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                })
+        };
+        Some((id("-u")?, id("-g")?))
+    };
+    if lookup().is_none() {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                NAME,
+            ])
+            .status()
+            .expect("useradd runs");
+        assert!(
+            made.success() || lookup().is_some(),
+            "useradd {NAME} failed"
+        );
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{NAME}:"))) {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(file)
+                .expect("open the subordinate id file");
+            use std::io::Write;
+            writeln!(f, "{NAME}:1400000000:65536").expect("append a range");
+        }
+    }
+    lookup().expect("the user exists")
+}
+
+/// Unprivileged, but with a subordinate range: each worker gets its own uid
+/// from the range (through newuidmap/newgidmap), so the kernel separates the
+/// workers from the zygote and from each other, as for a root supervisor.
+#[test]
+fn a_subordinate_range_gives_each_worker_its_own_uid() {
+    let (uid, gid) = subordinate_user();
+    let s = setup();
+    let run = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+            ])
+            .arg(format!("CSV_AGENT_IMAGE={}", s.image.display()))
+            .arg(&s.bin)
+            .args(args)
+            .output()
+            .expect("setpriv runs")
+    };
+    let out = run(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["worker_isolation"]["mode"], "per_worker_uid", "{v}");
+    let detail = v["worker_isolation"]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("newuidmap") && detail.contains(&format!("host uid {uid}")),
+        "{detail}"
+    );
+    // Two workers and the zygote: three host uids, the workers' in the range.
+    let hosts: Vec<u64> = detail
+        .rsplit("measured:")
+        .next()
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(hosts.len(), 3, "{detail}");
+    assert_eq!(hosts[0], u64::from(uid), "{detail}");
+    let (start, count) = std::fs::read_to_string("/etc/subuid")
+        .expect("/etc/subuid")
+        .lines()
+        .find_map(|l| {
+            let mut f = l.strip_prefix("csvagent-sub:")?.split(':');
+            Some((
+                f.next()?.parse::<u64>().ok()?,
+                f.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .expect("the range");
+    for worker in &hosts[1..] {
+        assert!((start..start + count).contains(worker), "{detail}");
+    }
+    assert_ne!(hosts[1], hosts[2], "{detail}");
+
+    let csv = s.csv.display().to_string();
+    let out = run(&[
+        "sandbox",
+        "exec",
+        "--csv",
+        &csv,
+        "--allow-degraded",
+        "--json",
+        "--code",
+        r#"
+import os, resource
+out = [os.getuid() != 0]
+for attack in (
+    lambda: resource.prlimit(1, resource.RLIMIT_CPU, (1, 1)),
+    lambda: os.setpriority(os.PRIO_PROCESS, 1, 17),
+    lambda: os.kill(1, 9),
+    lambda: os.setresuid(0, 0, 0),
+):
+    try:
+        attack()
+        out.append("done")
+    except PermissionError:
+        out.append("denied")
+print(out)
+"#,
+        "--code",
+        "import time; time.sleep(1.5); len(df)",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cells: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(
+        cells[0]["stdout"],
+        "[True, 'denied', 'denied', 'denied', 'denied']\n"
+    );
+    assert_eq!(cells[1]["result"], "344");
 }

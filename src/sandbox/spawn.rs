@@ -179,22 +179,52 @@ async fn read_init_frame(
     decode(channel, &body).map(Some)
 }
 
-/// Write `/proc/<pid>/{setgroups,uid_map,gid_map}` so root in the jail is
-/// `ids` on the host (and inside ids 1.. the consecutive host ids after it,
-/// in per-worker uid mode). `setgroups` is denied first: required for an
-/// unprivileged writer, and it keeps the jail from ever changing groups.
-fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
-    let write = |file: &str, text: String| {
-        std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).map_err(|e| {
-            SpawnError::IdMap {
-                pid,
-                detail: format!("{file}: {e}"),
+/// Write the uid and gid maps of `pid` so root in the jail is `ids` on the
+/// host, and the worker ids (per-worker uid mode) their host range. The
+/// supervisor writes them itself (host root, or an unprivileged caller's one
+/// own id, after denying `setgroups`: required then, and it keeps the jail
+/// from ever changing groups); with a subordinate range, the set-uid helpers
+/// `newuidmap`/`newgidmap` write them after checking `/etc/subuid` and
+/// `/etc/subgid`.
+async fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
+    let fail = |detail: String| SpawnError::IdMap { pid, detail };
+    if ids.via_newidmap {
+        for (helper, gid) in [("newuidmap", false), ("newgidmap", true)] {
+            let program = super::uids::find_helper(helper)
+                .ok_or_else(|| fail(format!("{helper} is not installed")))?;
+            let mut cmd = tokio::process::Command::new(&program);
+            cmd.arg(pid.to_string()).env_clear().stdin(Stdio::null());
+            for line in ids.map_lines(gid) {
+                cmd.args(line.iter().map(|n| n.to_string()));
             }
-        })
+            let out = cmd
+                .output()
+                .await
+                .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+            if !out.status.success() {
+                return Err(fail(format!(
+                    "{} {}: {}",
+                    program.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        return Ok(());
+    }
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes())
+            .map_err(|e| fail(format!("{file}: {e}")))
+    };
+    let table = |gid: bool| {
+        ids.map_lines(gid)
+            .iter()
+            .map(|[a, b, c]| format!("{a} {b} {c}\n"))
+            .collect::<String>()
     };
     write("setgroups", "deny".to_string())?;
-    write("uid_map", format!("0 {} {}\n", ids.uid, ids.count.max(1)))?;
-    write("gid_map", format!("0 {} {}\n", ids.gid, ids.count.max(1)))?;
+    write("uid_map", table(false))?;
+    write("gid_map", table(true))?;
     Ok(())
 }
 
@@ -306,7 +336,7 @@ pub async fn launch(
             match read_init_frame(&mut sync).await? {
                 Some(FromInit::Unconfined { reason }) => unconfined = Some(reason),
                 Some(FromInit::Unshared { pid }) => {
-                    let reply = match write_id_maps(pid, ids) {
+                    let reply = match write_id_maps(pid, ids).await {
                         Ok(()) => ToInit::Mapped,
                         Err(e) => ToInit::Abort {
                             error: e.to_string(),
