@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import decimal
+import errno
 import json
 import math
 import os
@@ -748,6 +749,299 @@ class FreshZygoteTests(unittest.TestCase):
         self.assertIn("protocol error", self.zygote.log_text())
         self.zygote.control.sock.close()
         self.zygote.log.close()
+
+
+# --------------------------------------------------------------------------
+# Clean-up of finished tasks' scratch directories (Trash, TreeDeletion)
+# --------------------------------------------------------------------------
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def build_nasty_tree(task: str, outside_dir: str, outside_file: str, depth: int) -> None:
+    """What a task may leave behind: a chain `depth` directories deep (built
+    with relative paths, as no absolute path that long exists), directories
+    and files of mode 0000 and 0500, and symlinks pointing out of the tree."""
+    os.mkdir(task, 0o700)
+    here = os.open(task, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.symlink(outside_dir, "out-dir", dir_fd=here)
+        os.symlink(outside_file, "out-file", dir_fd=here)
+        locked = os.open("locked-file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=here)
+        os.write(locked, b"x")
+        os.close(locked)
+        os.chmod("locked-file", 0, dir_fd=here)
+        for level in range(depth):
+            os.mkdir("d", dir_fd=here)
+            if level % 100 == 0:
+                with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=here), "wb") as handle:
+                    handle.write(b"data")
+                os.symlink("/", "root-link", dir_fd=here)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = below
+        os.mkdir("closed", dir_fd=here)
+    finally:
+        os.close(here)
+
+
+def lock_down_tree(task: str) -> None:
+    """Take the owner's rights away at a few places (0000 and 0500 dirs)."""
+    here = os.open(task, os.O_RDONLY | os.O_DIRECTORY)
+    to_lock: list[tuple[int, str, int]] = []
+    level = 0
+    try:
+        while True:
+            if level in (1, 700):
+                to_lock.append((os.dup(here), "d", 0o000 if level == 1 else 0o500))
+            try:
+                below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            except FileNotFoundError:
+                break
+            os.close(here)
+            here = below
+            level += 1
+        to_lock.append((os.dup(here), "closed", 0))
+    finally:
+        os.close(here)
+    # Deepest first: a 0000 directory cannot be walked through afterwards.
+    for fd, name, mode in reversed(to_lock):
+        os.chmod(name, mode, dir_fd=fd)
+        os.close(fd)
+
+
+class TrashTests(unittest.TestCase):
+    DEPTH = 1500
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        os.chmod(self.tmp.name, 0o755)
+        self.scratch = os.path.join(self.tmp.name, "scratch")
+        os.mkdir(self.scratch, 0o711)
+        self.outside_dir = os.path.join(self.tmp.name, "outside")
+        os.mkdir(self.outside_dir, 0o755)
+        self.outside_file = os.path.join(self.outside_dir, "keep.txt")
+        with open(self.outside_file, "w") as handle:
+            handle.write("keep me\n")
+
+    def delete_task_tree(self) -> dict[str, Any]:
+        """Build a nasty task tree, discard it, drain the trash; what we saw."""
+        task = os.path.join(self.scratch, "task-1")
+        build_nasty_tree(task, self.outside_dir, self.outside_file, self.DEPTH)
+        lock_down_tree(task)
+        trash = zygote.Trash(self.scratch)
+        trash.prepare()
+        baseline = open_fd_count()
+        trash.discard(task, "task-1")
+        seen = {"moved": not os.path.lexists(task), "slices": 0, "max_fds": 0}
+        old_limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(200)  # whatever recursion there is would fail
+        try:
+            while trash.pending() and seen["slices"] < 100000:
+                trash.work(0.002)
+                seen["slices"] += 1
+                seen["max_fds"] = max(seen["max_fds"], open_fd_count() - baseline)
+        finally:
+            sys.setrecursionlimit(old_limit)
+        seen["failures"] = trash.failures
+        seen["trash"] = os.listdir(trash.root)
+        seen["scratch"] = sorted(os.listdir(self.scratch))
+        return seen
+
+    def check(self, seen: dict[str, Any]) -> None:
+        self.assertTrue(seen["moved"], seen)
+        self.assertEqual(seen["failures"], 0, seen)
+        self.assertEqual(seen["trash"], [], seen)
+        self.assertEqual(seen["scratch"], [zygote.TRASH_NAME], seen)
+        self.assertGreater(seen["slices"], 1, "a deep tree takes more than one slice")
+        # Between slices the deletion holds its root and one directory.
+        self.assertLessEqual(seen["max_fds"], 2, seen)
+        with open(self.outside_file) as handle:
+            self.assertEqual(handle.read(), "keep me\n")
+        self.assertTrue(os.path.isdir(self.outside_dir))
+
+    def test_deep_tree_with_locked_dirs_and_symlinks_out(self) -> None:
+        # As whoever runs the tests (root here: CAP_DAC_OVERRIDE, as a
+        # zygote that deletes the directories of other uids).
+        self.check(self.delete_task_tree())
+
+    def test_same_uid_zygote_restores_its_own_rights(self) -> None:
+        # The zygote and the task as one unprivileged uid: 0000 directories
+        # must be chmod-ed back by their owner, nothing else helps.
+        if os.geteuid() != 0:
+            self.check(self.delete_task_tree())
+            return
+        os.chown(self.scratch, 65534, 65534)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                seen = self.delete_task_tree()
+                os.write(write_end, json.dumps(seen).encode())
+            except BaseException as exc:
+                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as handle:
+            seen = json.loads(handle.read().decode() or "{}")
+        os.waitpid(pid, 0)
+        self.assertNotIn("error", seen, seen)
+        self.check(seen)
+
+    def test_huge_flat_directory_goes_in_bounded_slices(self) -> None:
+        task = os.path.join(self.scratch, "task-2")
+        os.mkdir(task)
+        fd = os.open(task, os.O_RDONLY | os.O_DIRECTORY)
+        for number in range(30000):
+            os.close(os.open(f"f{number}", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        os.close(fd)
+        trash = zygote.Trash(self.scratch)
+        trash.prepare()
+        trash.discard(task, "task-2")
+        started = time.monotonic()
+        trash.work(0.005)
+        self.assertLess(time.monotonic() - started, 0.5, "one slice stalls the zygote")
+        self.assertTrue(trash.pending(), "30000 files are not deleted in one 5 ms slice")
+        slices = 1
+        while trash.pending():
+            trash.work(0.005)
+            slices += 1
+        self.assertGreater(slices, 2)
+        self.assertEqual(os.listdir(trash.root), [])
+
+    def test_symlink_in_place_of_the_task_directory_is_not_followed(self) -> None:
+        task = os.path.join(self.scratch, "task-3")
+        os.symlink(self.outside_dir, task)
+        trash = zygote.Trash(self.scratch)
+        trash.prepare()
+        trash.discard(task, "task-3")
+        while trash.pending():
+            trash.work()
+        self.assertFalse(os.path.lexists(task))
+        self.assertEqual(os.listdir(trash.root), [])
+        self.assertTrue(os.path.isfile(self.outside_file))
+
+    def test_leftovers_of_an_earlier_zygote_are_deleted(self) -> None:
+        os.makedirs(os.path.join(self.scratch, zygote.TRASH_NAME, "task-9.1", "a", "b"))
+        trash = zygote.Trash(self.scratch)
+        trash.prepare()
+        self.assertTrue(trash.pending())
+        while trash.pending():
+            trash.work()
+        self.assertEqual(os.listdir(trash.root), [])
+
+
+# --------------------------------------------------------------------------
+# A failed hand-over (sending the worker's socket) is the fork's error only
+# --------------------------------------------------------------------------
+
+
+class FailingControl:
+    """The zygote's control socket, whose next send with descriptors fails."""
+
+    def __init__(self, sock: socket.socket, error: int):
+        self._sock = sock
+        self.error = error
+        self.failures = 1
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), *args: Any) -> int:
+        if ancdata and self.failures > 0:
+            self.failures -= 1
+            raise OSError(self.error, os.strerror(self.error))
+        return self._sock.sendmsg(buffers, ancdata, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class HandOverTests(unittest.TestCase):
+    """An in-process Zygote (no subprocess: the test swaps its socket)."""
+
+    def make_zygote(self, error: int) -> tuple[zygote.Zygote, Channel]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        config = zygote.Config(csv="unused.csv", control_fd=theirs.fileno(), max_output=MAX_OUTPUT)
+        z = zygote.Zygote(config, FailingControl(theirs, error), {"__name__": "__main__"})
+        self.addCleanup(os.close, z.wake_read)
+        self.addCleanup(os.close, z.wake_write)
+        self.addCleanup(z.shutdown)
+        return z, Channel(ours)
+
+    def wait_reaped(self, z: zygote.Zygote, pid: int) -> None:
+        deadline = time.monotonic() + 30
+        while (pid in z.abandoned or pid in z.workers) and time.monotonic() < deadline:
+            z.reap()
+            time.sleep(0.01)
+
+    def test_too_many_refs_is_a_retryable_fork_failure(self) -> None:
+        z, channel = self.make_zygote(errno.ETOOMANYREFS)
+        z.handle_fork({"type": "fork", "worker_id": 7, "limits": {}})
+        failed = channel.read()
+        self.assertEqual(failed.message["type"], "fork_failed", failed.message)
+        self.assertEqual(failed.message["worker_id"], 7)
+        self.assertTrue(failed.message["transient"], failed.message)
+        self.assertIn("handing over", failed.message["error"])
+        self.assertIn(os.strerror(errno.ETOOMANYREFS), failed.message["error"])
+        self.assertEqual(failed.fds, [])
+        # The child was killed and is reaped without an exited message.
+        self.assertEqual(len(z.abandoned), 1)
+        (child,) = z.abandoned
+        self.wait_reaped(z, child)
+        self.assertNotIn(child, z.abandoned)
+        self.assertIsNone(process_state(child))
+        channel.sock.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            channel.sock.recv(1)
+        channel.sock.setblocking(True)
+        # The zygote keeps serving: the next fork hands over a working worker.
+        z.handle_fork({"type": "fork", "worker_id": 8, "limits": {}})
+        forked = channel.read()
+        self.assertEqual(forked.message["type"], "forked", forked.message)
+        worker = WorkerClient(8, forked.message["pid"], socket.socket(fileno=forked.fds[0]))
+        self.assertEqual(worker.run("6 * 7")["result"], "42")
+        worker.close()
+        self.wait_reaped(z, worker.pid)
+        exited = channel.read()
+        self.assertEqual((exited.message["type"], exited.message["worker_id"]), ("exited", 8))
+
+    def test_broken_pipe_is_the_supervisor_gone(self) -> None:
+        z, _ = self.make_zygote(errno.EPIPE)
+        with self.assertRaises(zygote.ControlClosed):
+            z.handle_fork({"type": "fork", "worker_id": 3, "limits": {}})
+        (child,) = z.abandoned
+        self.wait_reaped(z, child)
+        self.assertIsNone(process_state(child))
+
+    def test_an_error_while_cleaning_up_costs_nothing_but_a_log_line(self) -> None:
+        z, channel = self.make_zygote(errno.ETOOMANYREFS)
+        z.control.failures = 0
+        z.config = zygote.Config(csv="unused.csv", max_output=MAX_OUTPUT, private_tmp=True)
+
+        def broken(directory: str, label: str) -> None:
+            raise RecursionError("maximum recursion depth exceeded")
+
+        z.trash.discard = broken  # type: ignore[method-assign]
+        z.handle_fork({"type": "fork", "worker_id": 5, "limits": {}})
+        forked = channel.read()
+        worker = WorkerClient(5, forked.message["pid"], socket.socket(fileno=forked.fds[0]))
+        worker.close()
+        self.wait_reaped(z, worker.pid)
+        # The worker's end is still reported, and the zygote forks again.
+        exited = channel.read()
+        self.assertEqual((exited.message["type"], exited.message["worker_id"]), ("exited", 5))
+        z.handle_fork({"type": "fork", "worker_id": 6, "limits": {}})
+        forked = channel.read()
+        self.assertEqual((forked.message["type"], forked.message["worker_id"]), ("forked", 6))
+        os.close(forked.fds[0])
 
 
 # --------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import csv
 import ctypes
 import datetime
 import decimal
-import errno as errno_module
+import errno
 import gc
 import hashlib
 import io
@@ -40,7 +40,6 @@ import math
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import stat as stat_module
@@ -624,6 +623,322 @@ class Limits:
         return Limits(**values)
 
 
+# Errors of a send on the control socket that mean the supervisor is gone.
+# Anything else while passing a worker's socket (ETOOMANYREFS: the per-user
+# count of descriptors in flight is exhausted; EMSGSIZE, ENOBUFS, ENOMEM) is
+# about the descriptor or a momentary shortage, not the channel.
+CONTROL_GONE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF})
+# fork() errors worth a retry by the supervisor.
+TRANSIENT_FORK_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOBUFS})
+
+# Work of the clean-up between two looks at the control socket (seconds).
+CLEANUP_SLICE = 0.01
+# Where finished tasks' scratch directories wait for deletion, under the
+# scratch root: no worker's Landlock domain reaches it.
+TRASH_NAME = ".trash"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ControlClosed(Exception):
+    """A send on the control socket failed: the supervisor is gone."""
+
+
+class HandOverFailed(Exception):
+    """The forked message with the worker's socket could not be sent, for a
+    reason that is not the control channel's (the channel is still usable)."""
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _make_owner_rwx(fd: int, st: os.stat_result) -> None:
+    """A directory the task left without rights for its owner (0000, 0500):
+    give them back when we own it, so it can be listed and emptied. (A root
+    zygote with CAP_DAC_OVERRIDE needs none of this and owns nothing.)"""
+    if st.st_uid == os.geteuid() and (st.st_mode & 0o700) != 0o700:
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            pass
+
+
+def _restore_owner_rights(parent: str, name: str) -> None:
+    """chmod 0700 the directory parent/name if we own it, without following
+    a symlink (through an O_PATH descriptor). Errors are ignored."""
+    parent_fd = path_fd = -1
+    try:
+        parent_fd = os.open(parent, _DIR_FLAGS)
+        path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        st = os.fstat(path_fd)
+        if stat_module.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
+    except OSError:
+        pass
+    finally:
+        _close_quietly(path_fd)
+        _close_quietly(parent_fd)
+
+
+class TreeDeletion:
+    """Deletes one directory tree, iteratively, a slice at a time.
+
+    No recursion, and never more than four descriptors open whatever the
+    depth: the root, the directory being emptied, and for a moment its child
+    or parent (plus scandir's duplicate). Symlinks are never followed (every
+    open has O_NOFOLLOW, unlink never follows). Going back up uses "..", but
+    only after checking that it is the directory recorded on the way down
+    (device and inode); if not (something moved a directory meanwhile) the
+    walk starts again from the root, so it never leaves the tree.
+    """
+
+    def __init__(self, parent: str, name: str):
+        self.parent = parent
+        self.name = name
+        self.root_fd = -1
+        self.cur_fd = -1
+        self.root_id: tuple[int, int] = (0, 0)
+        # (name, st_dev, st_ino) of each directory from the root down to cur.
+        self.stack: list[tuple[str, int, int]] = []
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.parent, self.name)
+
+    def close(self) -> None:
+        _close_quietly(self.cur_fd)
+        _close_quietly(self.root_fd)
+        self.cur_fd = self.root_fd = -1
+        self.stack = []
+
+    def _remove_root(self) -> None:
+        parent_fd = os.open(self.parent, _DIR_FLAGS)
+        try:
+            try:
+                os.rmdir(self.name, dir_fd=parent_fd)
+            except NotADirectoryError:
+                os.unlink(self.name, dir_fd=parent_fd)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(parent_fd)
+
+    def _start(self) -> bool:
+        """Open the root; True when there is nothing (left) to walk."""
+        parent_fd = os.open(self.parent, _DIR_FLAGS)
+        try:
+            try:
+                fd = self._open_dir(parent_fd, self.name)
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # A symlink or a file: removed itself, never followed.
+                try:
+                    os.unlink(self.name, dir_fd=parent_fd)
+                except FileNotFoundError:
+                    pass
+                return True
+        finally:
+            os.close(parent_fd)
+        st = os.fstat(fd)
+        _make_owner_rwx(fd, st)
+        self.root_fd = fd
+        self.root_id = (st.st_dev, st.st_ino)
+        self.cur_fd = os.dup(fd)
+        self.stack = []
+        return False
+
+    @staticmethod
+    def _open_dir(dir_fd: int, name: str) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except PermissionError:
+            pass
+        # No read permission (a 0000 directory): as its owner we may chmod it.
+        # Through an O_PATH descriptor, so that nothing swapped in meanwhile
+        # (a symlink) is ever followed, and reopened through the same inode.
+        path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if not stat_module.S_ISDIR(os.fstat(path_fd).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+            proc_path = f"/proc/self/fd/{path_fd}"
+            os.chmod(proc_path, 0o700)
+            return os.open(proc_path, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        finally:
+            os.close(path_fd)
+
+    def _first_entry(self) -> Optional[tuple[str, bool]]:
+        # scandir works on a duplicate and rewinds it when closed.
+        with os.scandir(self.cur_fd) as entries:
+            for entry in entries:
+                return entry.name, entry.is_dir(follow_symlinks=False)
+        return None
+
+    def _restart_from_root(self) -> None:
+        _close_quietly(self.cur_fd)
+        self.cur_fd = os.dup(self.root_fd)
+        self.stack = []
+
+    def _descend(self, name: str) -> None:
+        try:
+            fd = self._open_dir(self.cur_fd, name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return  # replaced by a symlink or a file: listed again, unlinked
+            raise
+        st = os.fstat(fd)
+        if st.st_dev != self.root_id[0]:
+            os.close(fd)
+            raise OSError(errno.EXDEV, f"a mount point inside the tree at {name!r}")
+        _make_owner_rwx(fd, st)
+        self.stack.append((name, st.st_dev, st.st_ino))
+        os.close(self.cur_fd)
+        self.cur_fd = fd
+
+    def _ascend(self) -> None:
+        name, _, _ = self.stack.pop()
+        parent = os.open("..", _DIR_FLAGS, dir_fd=self.cur_fd)
+        st = os.fstat(parent)
+        expected = (self.stack[-1][1], self.stack[-1][2]) if self.stack else self.root_id
+        if (st.st_dev, st.st_ino) != expected:
+            os.close(parent)
+            self._restart_from_root()
+            return
+        os.close(self.cur_fd)
+        self.cur_fd = parent
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError as exc:
+            # Gone already, or not empty after all (refilled): listed again.
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.cur_fd)
+        except OSError as exc:
+            # Gone, or swapped for a directory: the next listing decides.
+            if exc.errno not in (errno.ENOENT, errno.EISDIR):
+                raise
+
+    def step(self, deadline: float) -> bool:
+        """Work until the deadline; True once the whole tree is gone."""
+        if self.root_fd < 0 and self._start():
+            return True
+        while time.monotonic() < deadline:
+            entry = self._first_entry()
+            if entry is None:
+                if not self.stack:
+                    self.close()
+                    self._remove_root()
+                    return True
+                self._ascend()
+            elif entry[1]:
+                self._descend(entry[0])
+            else:
+                self._unlink(entry[0])
+        return False
+
+
+class Trash:
+    """Finished tasks' scratch directories: moved out of the way atomically
+    (renamed into a zygote-only directory under the scratch root), then
+    deleted by TreeDeletion in bounded slices between requests. Nothing here
+    raises: a tree that cannot be deleted is logged and left in the trash."""
+
+    def __init__(self, scratch_root: str):
+        self.scratch_root = scratch_root
+        self.root = os.path.join(scratch_root, TRASH_NAME)
+        self.queue: list[tuple[str, str]] = []  # (parent, name) to delete
+        self.current: Optional[TreeDeletion] = None
+        self.counter = 0
+        self.usable = False
+        self.failures = 0
+
+    def prepare(self) -> None:
+        try:
+            os.mkdir(self.root, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log(f"cannot create the trash directory {self.root}: {exc}; task directories are deleted in place")
+            return
+        try:
+            st = os.lstat(self.root)
+            if not stat_module.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                log(f"{self.root} is not our directory; task directories are deleted in place")
+                return
+            os.chmod(self.root, 0o700)
+            # Leftovers of an earlier zygote on the same scratch root.
+            for name in os.listdir(self.root):
+                self.queue.append((self.root, name))
+        except OSError as exc:
+            log(f"cannot use the trash directory {self.root}: {exc}")
+            return
+        self.usable = True
+
+    def pending(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    def discard(self, directory: str, label: str) -> None:
+        """Take `directory` (a direct child of the scratch root) out of every
+        worker's reach now and queue it for deletion."""
+        name = os.path.basename(directory)
+        parent = os.path.dirname(directory)
+        if self.usable:
+            self.counter += 1
+            target = f"{label}.{self.counter}"
+            try:
+                os.rename(directory, os.path.join(self.root, target))
+                self.queue.append((self.root, target))
+                return
+            except FileNotFoundError:
+                return
+            except PermissionError:
+                # Moving a directory to another parent needs write access to
+                # it (its ".." changes); the task may have taken that away.
+                _restore_owner_rights(parent, name)
+                try:
+                    os.rename(directory, os.path.join(self.root, target))
+                    self.queue.append((self.root, target))
+                    return
+                except OSError as exc:
+                    log(f"cannot move {directory} to the trash: {exc}; deleting it in place")
+            except OSError as exc:
+                log(f"cannot move {directory} to the trash: {exc}; deleting it in place")
+        self.queue.append((parent, name))
+
+    def work(self, budget: float = CLEANUP_SLICE) -> None:
+        """Delete for at most about `budget` seconds."""
+        deadline = time.monotonic() + budget
+        while self.pending() and time.monotonic() < deadline:
+            if self.current is None:
+                parent, name = self.queue.pop(0)
+                self.current = TreeDeletion(parent, name)
+            try:
+                if self.current.step(deadline):
+                    self.current = None
+            except Exception as exc:  # a tree we cannot delete must not stop the zygote
+                self.failures += 1
+                log(f"cannot delete {self.current.path}: {type(exc).__name__}: {exc}; left in place")
+                self.current.close()
+                self.current = None
+
+    def close_in_child(self) -> None:
+        """A fresh worker must not inherit a descriptor into another task's tree."""
+        if self.current is not None:
+            self.current.close()
+
+
 class Zygote:
     """The fork server: one per jail, PID 1 of its pid namespace."""
 
@@ -641,6 +956,12 @@ class Zygote:
             first, count = config.worker_ids
             self.free_ids = collections.deque(range(first, first + count))
         self.worker_ids: dict[int, int] = {}
+        # Children whose hand-over failed: killed, reaped and cleaned up, but
+        # never reported (the supervisor got fork_failed for them).
+        self.abandoned: dict[int, int] = {}  # pid -> worker_id
+        self.trash = Trash(self.scratch_root)
+        if config.private_tmp:
+            self.trash.prepare()
         self.terminate_requested = False
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -658,10 +979,24 @@ class Zygote:
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def send(self, message: dict[str, Any], fds: Optional[list[int]] = None) -> None:
-        ancillary = None
+        """Send one frame. ControlClosed when the supervisor is gone;
+        HandOverFailed when only passing `fds` failed (nothing was sent)."""
+        data = encode_frame(message)
+        sent = 0
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-        send_frame(self.control, message, ancillary)
+            try:
+                # The descriptors travel with the first byte of the frame.
+                sent = self.control.sendmsg([data], ancillary)
+            except OSError as exc:
+                if exc.errno in CONTROL_GONE_ERRNOS:
+                    raise ControlClosed(f"sending {message['type']}: {exc}") from exc
+                raise HandOverFailed(exc.strerror or str(exc)) from exc
+        try:
+            if sent < len(data):
+                self.control.sendall(data[sent:])
+        except OSError as exc:
+            raise ControlClosed(f"sending {message['type']}: {exc}") from exc
 
     def serve(self) -> int:
         self.install_signal_handlers()
@@ -670,7 +1005,9 @@ class Zygote:
         poller.register(self.wake_read, select.POLLIN)
         try:
             while True:
-                events = dict(poller.poll())
+                # With clean-up pending, only look: a request is never kept
+                # waiting for more than one slice of it.
+                events = dict(poller.poll(0 if self.trash.pending() else None))
                 if self.wake_read in events:
                     self._drain_wakeup()
                 # Reap before reading: an exited worker is reported even when
@@ -680,20 +1017,21 @@ class Zygote:
                     log("SIGTERM: shutting down")
                     self.shutdown()
                     return EXIT_OK
-                if self.control.fileno() not in events:
-                    continue
-                message = read_frame(self.control)
-                if message is None:
-                    log("control socket closed: shutting down")
-                    self.shutdown()
-                    return EXIT_OK
-                if not self.dispatch(message):
-                    return EXIT_OK
+                if self.control.fileno() in events:
+                    message = read_frame(self.control)
+                    if message is None:
+                        log("control socket closed: shutting down")
+                        self.shutdown()
+                        return EXIT_OK
+                    if not self.dispatch(message):
+                        return EXIT_OK
+                if self.trash.pending():
+                    self.trash.work()
         except ProtocolError as exc:
             log(f"protocol error on the control socket: {exc}")
             self.shutdown()
             return EXIT_PROTOCOL_ERROR
-        except OSError as exc:
+        except (ControlClosed, OSError) as exc:
             # The supervisor went away mid-send: nobody is left to serve.
             log(f"control socket failed: {exc}")
             self.shutdown()
@@ -712,6 +1050,9 @@ class Zygote:
         self.send({"type": "error", "error": f"unexpected message type {kind}, expected fork or shutdown"})
         return True
 
+    def _fork_failed(self, worker_id: int, error: str, transient: bool) -> None:
+        self.send({"type": "fork_failed", "worker_id": worker_id, "error": error, "transient": transient})
+
     def handle_fork(self, message: dict[str, Any]) -> None:
         worker_id = message.get("worker_id")
         if isinstance(worker_id, bool) or not isinstance(worker_id, int):
@@ -720,52 +1061,93 @@ class Zygote:
         try:
             limits = Limits.from_message(message.get("limits"))
         except ValueError as exc:
-            self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"invalid limits: {exc}"})
+            self._fork_failed(worker_id, f"invalid limits: {exc}", False)
             return
+        try:
+            self._fork(worker_id, limits)
+        except ControlClosed:
+            raise
+        except Exception as exc:  # a bug or a surprise here costs this fork only
+            log(f"forking worker {worker_id} failed: {type(exc).__name__}: {exc}")
+            self._fork_failed(worker_id, f"internal error: {type(exc).__name__}: {exc}", False)
+
+    def _fork(self, worker_id: int, limits: Limits) -> None:
         uid: Optional[int] = None
         if self.free_ids is not None:
             if not self.free_ids:
-                self.send({"type": "fork_failed", "worker_id": worker_id, "error": "every worker uid of this sandbox is in use"})
+                self._fork_failed(worker_id, "every worker uid of this sandbox is in use", True)
                 return
             uid = self.free_ids.popleft()
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Set before the fork so the worker's very first frame (hello) already
-        # carries credentials for whoever ends up holding this end.
-        parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        # Buffered log lines would otherwise be written again by the child.
-        sys.stdout.flush()
-        sys.stderr.flush()
         try:
-            pid = os.fork()
-        except OSError as exc:
-            parent_end.close()
-            child_end.close()
-            if uid is not None and self.free_ids is not None:
+            self._fork_as(worker_id, limits, uid)
+        finally:
+            # Whatever happened (an exception too): a uid that no child holds
+            # is first in line again; one a child holds returns when it is
+            # reaped.
+            if uid is not None and self.free_ids is not None and uid not in self.worker_ids.values():
                 self.free_ids.appendleft(uid)
-            self.send({"type": "fork_failed", "worker_id": worker_id, "error": f"fork: {exc.strerror or exc}"})
-            return
-        if pid == 0:
-            try:
-                parent_end.close()
-                run_worker(self, child_end, worker_id, limits, uid)
-            except BaseException:
-                # A bug in this file, not in a cell: leave a trace wherever
-                # fd 2 points by now, and never fall back into the zygote loop.
-                traceback.print_exc()
-            finally:
-                os._exit(EXIT_WORKER_INTERNAL)
-        # The child leads a session of its own (setsid); setpgid from here
-        # would make it a group leader first and so make its setsid fail.
-        # The supervisor kills a worker through its pidfd and cgroup, so it
-        # does not depend on the group existing yet.
-        child_end.close()
-        self.workers[pid] = worker_id
-        if uid is not None:
-            self.worker_ids[pid] = uid
+
+    def _fork_as(self, worker_id: int, limits: Limits, uid: Optional[int]) -> None:
+        """Fork worker `worker_id`, which switches to `uid` when given."""
         try:
-            self.send({"type": "forked", "worker_id": worker_id, "pid": pid}, fds=[parent_end.fileno()])
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fork_failed(worker_id, f"socketpair: {exc.strerror or exc}", exc.errno in TRANSIENT_FORK_ERRNOS)
+            return
+        try:
+            # Set before the fork so the worker's very first frame (hello) already
+            # carries credentials for whoever ends up holding this end.
+            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            # Buffered log lines would otherwise be written again by the child.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                self._fork_failed(worker_id, f"fork: {exc.strerror or exc}", exc.errno in TRANSIENT_FORK_ERRNOS)
+                return
+            if pid == 0:
+                try:
+                    parent_end.close()
+                    self.trash.close_in_child()
+                    run_worker(self, child_end, worker_id, limits, uid)
+                except BaseException:
+                    # A bug in this file, not in a cell: leave a trace wherever
+                    # fd 2 points by now, and never fall back into the zygote loop.
+                    traceback.print_exc()
+                finally:
+                    os._exit(EXIT_WORKER_INTERNAL)
+            # The child leads a session of its own (setsid); setpgid from here
+            # would make it a group leader first and so make its setsid fail.
+            # The supervisor kills a worker through its pidfd and cgroup, so it
+            # does not depend on the group existing yet.
+            child_end.close()
+            self.workers[pid] = worker_id
+            if uid is not None:
+                self.worker_ids[pid] = uid  # back to the pool when it is reaped
+            try:
+                self.send({"type": "forked", "worker_id": worker_id, "pid": pid}, fds=[parent_end.fileno()])
+            except HandOverFailed as exc:
+                self._abandon(pid)
+                log(f"handing over worker {worker_id}'s socket failed: {exc}; the worker was killed")
+                self._fork_failed(worker_id, f"handing over the worker's socket failed: {exc}", True)
+            except ControlClosed:
+                self._abandon(pid)
+                raise
         finally:
             parent_end.close()
+            child_end.close()
+
+    def _abandon(self, pid: int) -> None:
+        """Kill a child the supervisor will never hear of; reap() collects it."""
+        worker_id = self.workers.pop(pid, None)
+        if worker_id is not None:
+            self.abandoned[pid] = worker_id
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def _drain_wakeup(self) -> None:
         try:
@@ -783,42 +1165,62 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            worker_id = self.workers.pop(pid, None)
-            if worker_id is None:
-                continue  # an orphan reparented to us (we are PID 1 / subreaper)
-            uid = self.worker_ids.pop(pid, None)
-            if uid is not None and self.free_ids is not None:
-                # Reused last: whatever the task left running under this uid
-                # has the whole pool's turn to be killed with its cgroup.
-                self.free_ids.append(uid)
-            if self.config.private_tmp:
-                # The task is over: its scratch files must not fill /tmp for
-                # the tasks that come after it.
-                shutil.rmtree(task_scratch_dir(self.scratch_root, worker_id), ignore_errors=True)
-            code = os.waitstatus_to_exitcode(status)
-            self.send(
-                {
-                    "type": "exited",
-                    "worker_id": worker_id,
-                    "pid": pid,
-                    "exit_code": code if code >= 0 else None,
-                    "signal": -code if code < 0 else None,
-                }
-            )
+            try:
+                self._reaped(pid, status)
+            except ControlClosed:
+                raise
+            except Exception as exc:  # never let one worker's end stop the zygote
+                log(f"after reaping pid {pid}: {type(exc).__name__}: {exc}")
+
+    def _reaped(self, pid: int, status: int) -> None:
+        worker_id = self.workers.pop(pid, None)
+        reported = worker_id is not None
+        if worker_id is None:
+            worker_id = self.abandoned.pop(pid, None)
+        if worker_id is None:
+            return  # an orphan reparented to us (we are PID 1 / subreaper)
+        uid = self.worker_ids.pop(pid, None)
+        if uid is not None and self.free_ids is not None:
+            # Reused last: whatever the task left running under this uid has
+            # the whole pool's turn to be killed with its cgroup.
+            self.free_ids.append(uid)
+        if self.config.private_tmp:
+            # The task is over: its scratch directory goes out of every
+            # worker's reach now and is deleted between requests, so its files
+            # do not fill the scratch space of the tasks that come after it.
+            try:
+                self.trash.discard(task_scratch_dir(self.scratch_root, worker_id), f"task-{worker_id}")
+            except Exception as exc:  # reported below all the same
+                log(f"cleaning up after worker {worker_id}: {type(exc).__name__}: {exc}")
+        if not reported:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        self.send(
+            {
+                "type": "exited",
+                "worker_id": worker_id,
+                "pid": pid,
+                "exit_code": code if code >= 0 else None,
+                "signal": -code if code < 0 else None,
+            }
+        )
 
     def shutdown(self) -> None:
-        for pid in list(self.workers):
+        pids = list(self.workers) + list(self.abandoned)
+        for pid in pids:
             for kill in (os.killpg, os.kill):
                 try:
                     kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-        for pid in list(self.workers):
+        for pid in pids:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
         self.workers.clear()
+        self.abandoned.clear()
+        self.trash.close_in_child()
 
 
 # --------------------------------------------------------------------------
@@ -863,12 +1265,12 @@ def become_worker_user(uid: int) -> None:
     for cap in range(CAP_LAST_POSSIBLE + 1):
         if libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap), zero, zero, zero) != 0:
             error = ctypes.get_errno()
-            if error != errno_module.EINVAL:
+            if error != errno.EINVAL:
                 raise OSError(error, f"dropping capability {cap} from the bounding set: {os.strerror(error)}")
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
-        raise OSError(errno_module.EPERM, f"the switch to uid {uid} did not hold")
+        raise OSError(errno.EPERM, f"the switch to uid {uid} did not hold")
     os.umask(0o077)
 
 

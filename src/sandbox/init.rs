@@ -21,7 +21,7 @@ use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 
 use super::layers::Layer;
 use super::protocol::{read_frame_blocking, write_frame_blocking, FromInit, ToInit};
-use super::spawn::{JailSpec, UnconfinedSpec, CONTROL_FD, SYNC_FD};
+use super::spawn::{JailSpec, UnconfinedSpec, CONTROL_FD, DATASET_FD, SYNC_FD};
 use super::{caps, landlock, mounts, rlimits, seccomp};
 
 /// First argument that turns the binary into the jail init.
@@ -90,9 +90,12 @@ pub fn main() -> i32 {
 }
 
 fn monitor(sync: &mut UnixStream, spec: &JailSpec) -> Result<i32, Failure> {
-    // The sync socket must not reach Python; the control socket must.
+    // The sync socket must not reach Python; the control socket must. The
+    // dataset's descriptor is mounted by us (or, without namespaces, handed
+    // to the zygote explicitly), never inherited by accident.
     set_cloexec(sync.as_raw_fd(), true).map_err(fail("descriptors"))?;
     set_cloexec(CONTROL_FD, false).map_err(fail("descriptors"))?;
+    let _ = set_cloexec(DATASET_FD, true);
 
     // 1. Host root keeps supplementary groups (gid 0 among them) across
     //    unshare; they would still open group-readable files on the host.
@@ -203,10 +206,11 @@ fn child_exit(sync: &mut UnixStream, outcome: Result<Never, Failure>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Close every descriptor above the sync socket (0-2 are /dev/null and the
-/// log pipe, 3 the control socket, 4 the sync socket).
+/// Close every descriptor above the dataset's (0-2 are /dev/null and the
+/// log pipe, 3 the control socket, 4 the sync socket, 5 the dataset, which
+/// the supervisor closed before exec when there is none).
 fn close_inherited_descriptors() -> std::io::Result<()> {
-    let first = (SYNC_FD + 1) as libc::c_uint;
+    let first = (DATASET_FD + 1) as libc::c_uint;
     // SAFETY: close_range only closes descriptors of this process; none above
     // SYNC_FD is owned by anything in this freshly executed program.
     let ret = unsafe {
@@ -223,7 +227,7 @@ fn close_inherited_descriptors() -> std::io::Result<()> {
     // Kernels before 5.9: walk /proc/self/fd.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > SYNC_FD)
+        .filter(|fd| *fd > DATASET_FD)
         .collect();
     for fd in fds {
         // SAFETY: as above; a descriptor already closed (the directory's own)
@@ -334,6 +338,10 @@ fn unconfined(
         seccomp::compile(seccomp::UNCONFINED_FILTERS).map_err(|e| fail("seccomp")(e.to_string()));
     nix::unistd::chdir(&u.workdir)
         .map_err(|e| fail("filesystem")(format!("cannot enter {}: {e}", u.workdir.display())))?;
+    if let Some(fd) = u.dataset_fd {
+        // The zygote reads the checked file as /proc/self/fd/<fd>.
+        set_cloexec(fd, false).map_err(fail("descriptors"))?;
+    }
     let layers = vec![Layer::unavailable(
         "filesystem",
         "no mount namespace: the host filesystem is visible, limited by Landlock to the image, the system libraries, the dataset and a private work directory",

@@ -25,7 +25,7 @@ pub mod spawn;
 pub mod uids;
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,6 +139,35 @@ pub struct SandboxOptions {
     /// supervisor); `false` forces single-uid mode (see [`uids`]).
     pub worker_uids: bool,
     pub startup_timeout: Duration,
+    /// Test-only knobs (see [`TestHooks`]); the default changes nothing.
+    #[doc(hidden)]
+    pub test_hooks: TestHooks,
+}
+
+/// A test hook called with the dataset's canonical path.
+#[doc(hidden)]
+pub type DatasetHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// Test-only knobs of [`SandboxOptions`]: ways to make the races and
+/// failures the jail must survive happen on purpose.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct TestHooks {
+    /// Runs right after `Sandbox::start` opened and checked the dataset,
+    /// with its canonical path (a test swaps the path for a symlink here).
+    pub after_dataset_open: Option<DatasetHook>,
+    /// Extra paths for every worker's own Landlock domain (a path Landlock
+    /// refuses makes the worker's scope fail for real).
+    pub extra_worker_paths: Vec<String>,
+}
+
+impl std::fmt::Debug for TestHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestHooks")
+            .field("after_dataset_open", &self.after_dataset_open.is_some())
+            .field("extra_worker_paths", &self.extra_worker_paths)
+            .finish()
+    }
 }
 
 impl SandboxOptions {
@@ -156,6 +185,7 @@ impl SandboxOptions {
             spare_workers: 1,
             worker_uids: true,
             startup_timeout: Duration::from_secs(180),
+            test_hooks: TestHooks::default(),
         })
     }
 }
@@ -188,7 +218,15 @@ pub enum SandboxError {
     #[error("the zygote is gone ({0})")]
     ZygoteGone(String),
     #[error("forking worker {worker_id} failed: {error}")]
-    Fork { worker_id: u64, error: String },
+    Fork {
+        worker_id: u64,
+        error: String,
+        /// A shortage that may pass (fork's EAGAIN, a failed hand-over):
+        /// `fork_worker` retries these before reporting them.
+        transient: bool,
+    },
+    #[error("worker {worker_id}: its own Landlock domain could not be applied ({reason}); refusing to run code in it (pass --allow-degraded to accept workers without it)")]
+    WorkerScope { worker_id: u64, reason: String },
     #[error("worker {worker_id}: {detail}")]
     Worker { worker_id: u64, detail: String },
     #[error("timed out after {0:?} waiting for {1}")]
@@ -353,7 +391,22 @@ pub struct Fault {
 
 // ------------------------------------------------------------------ sandbox
 
-type ForkReply = Result<(i32, OwnedFd), String>;
+/// Why the zygote did not hand over a worker.
+struct ForkRefusal {
+    error: String,
+    transient: bool,
+}
+
+impl ForkRefusal {
+    fn fatal(error: impl Into<String>) -> Self {
+        ForkRefusal {
+            error: error.into(),
+            transient: false,
+        }
+    }
+}
+
+type ForkReply = Result<(i32, OwnedFd), ForkRefusal>;
 
 struct Shared {
     id: String,
@@ -372,8 +425,10 @@ struct Shared {
     closed: AtomicBool,
     zygote_group: Option<cgroup::Group>,
     jail: Mutex<Option<spawn::JailProcess>>,
-    /// The private work directory of a jail without namespaces.
-    workdir: Option<PathBuf>,
+    /// The private directory of a jail without namespaces.
+    workdir: Option<UnconfinedDir>,
+    /// Accept workers whose own Landlock domain or seccomp filter failed
+    /// (with a warning).
     allow_degraded: bool,
     /// The ids the zygote hands its workers (per-worker uid mode).
     worker_ids: Option<uids::WorkerIds>,
@@ -421,12 +476,10 @@ fn jail_file_name(csv: &Path) -> String {
 
 /// Can `uid`/`gid` read this file by its mode bits alone? (The jail reaches the
 /// file through a bind mount, so no directory on the way matters.)
-fn readable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode();
-    if meta.uid() == uid {
+fn readable_by(mode: u32, owner: u32, group: u32, uid: u32, gid: u32) -> bool {
+    if owner == uid {
         mode & 0o400 != 0
-    } else if meta.gid() == gid {
+    } else if group == gid {
         mode & 0o040 != 0
     } else {
         mode & 0o004 != 0
@@ -460,6 +513,7 @@ fn system_binds_and_links() -> (Vec<mounts::Bind>, Vec<(PathBuf, PathBuf)>, Vec<
                     target: path.to_path_buf(),
                     writable: false,
                     optional: true,
+                    fd: None,
                 });
                 lib_paths.push(path.to_path_buf());
             }
@@ -473,6 +527,7 @@ fn system_binds_and_links() -> (Vec<mounts::Bind>, Vec<(PathBuf, PathBuf)>, Vec<
                 target: PathBuf::from(source),
                 writable: false,
                 optional,
+                fd: None,
             });
             lib_paths.push(PathBuf::from(source));
         }
@@ -503,6 +558,8 @@ struct WorkerSetup {
     ids: Option<uids::WorkerIds>,
     /// [`seccomp::WORKER_FILTER`], compiled, as hex.
     filter_hex: String,
+    /// Paths added to every worker's Landlock domain (tests only).
+    extra_worker_paths: Vec<String>,
 }
 
 fn zygote_config(
@@ -519,6 +576,7 @@ fn zygote_config(
         .chain(&jail_rules.read_write)
         .filter(|p| p.as_path() != scratch)
         .map(|p| p.display().to_string())
+        .chain(setup.extra_worker_paths.iter().cloned())
         .collect();
     serde_json::json!({
         "csv": csv_path,
@@ -536,25 +594,70 @@ fn zygote_config(
     })
 }
 
-/// A private (0700) work directory for a jail without namespaces, and next
-/// to it the Landlock canary (outside every rule).
-fn unconfined_workdir(id: &str) -> Result<PathBuf, SandboxError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("csv-agent-jail-{id}"));
-    let io = |what: String| move |source| SandboxError::Io { what, source };
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io(format!("creating the work directory {}", dir.display())))?;
-    let canary = PathBuf::from(format!("{}.canary", dir.display()));
-    std::fs::write(&canary, "landlock canary\n")
-        .map_err(io(format!("writing {}", canary.display())))?;
-    Ok(dir)
+/// The private directory of a jail without namespaces: a fresh directory
+/// with a random name (mkdtemp semantics: mode 0700, created exclusively, so
+/// nothing planted in the shared temporary directory is ever used), holding
+/// the work directory and, outside it, the Landlock canary.
+#[derive(Debug)]
+pub(crate) struct UnconfinedDir {
+    root: PathBuf,
 }
 
-fn remove_workdir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(format!("{}.canary", dir.display()));
+impl UnconfinedDir {
+    /// The zygote's working directory, HOME and TMPDIR (Landlock read-write).
+    fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+    /// Readable by its mode bits, outside every Landlock rule.
+    fn canary(&self) -> PathBuf {
+        self.root.join("canary")
+    }
+    fn remove(&self) {
+        // remove_dir_all never follows symlinks.
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn unconfined_workdir() -> Result<UnconfinedDir, SandboxError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |what: String| move |source| SandboxError::Io { what, source };
+    let temp = std::env::temp_dir();
+    let root = tempfile::Builder::new()
+        .prefix("csv-agent-jail-")
+        .rand_bytes(16)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&temp)
+        .map_err(io(format!(
+            "creating a private directory in {}",
+            temp.display()
+        )))?
+        .keep();
+    let dir = UnconfinedDir { root };
+    let made = (|| -> Result<(), SandboxError> {
+        let work = dir.work();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work)
+            .map_err(io(format!(
+                "creating the work directory {}",
+                work.display()
+            )))?;
+        let canary = dir.canary();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&canary)
+            .and_then(|mut f| f.write_all(b"landlock canary\n"))
+            .map_err(io(format!("writing {}", canary.display())))
+    })();
+    if let Err(e) = made {
+        dir.remove();
+        return Err(e);
+    }
+    Ok(dir)
 }
 
 /// The host-path variant of `spec`: the same zygote, its files in `workdir`,
@@ -562,11 +665,14 @@ fn remove_workdir(dir: &Path) {
 fn unconfined_spec(
     spec: &spawn::JailSpec,
     workdir: &Path,
-    csv: &Path,
     limits: &Limits,
     lib_paths: Vec<PathBuf>,
     setup: &WorkerSetup,
 ) -> Result<spawn::UnconfinedSpec, SandboxError> {
+    // The dataset is read through the descriptor the supervisor checked
+    // (inherited at DATASET_FD), never through its host path again: the
+    // Landlock rule and the zygote's path both name the descriptor.
+    let csv = PathBuf::from(unconfined_csv_path());
     let zygote = workdir.join("zygote.py");
     std::fs::write(&zygote, ZYGOTE_PY).map_err(|source| SandboxError::Io {
         what: format!("writing {}", zygote.display()),
@@ -587,7 +693,7 @@ fn unconfined_spec(
     let rules = landlock::LandlockSpec {
         read_exec,
         read: vec![
-            csv.to_path_buf(),
+            csv.clone(),
             PathBuf::from("/proc"),
             PathBuf::from("/dev/urandom"),
             PathBuf::from("/dev/random"),
@@ -613,10 +719,51 @@ fn unconfined_spec(
     }
     Ok(spawn::UnconfinedSpec {
         workdir: workdir.to_path_buf(),
+        dataset_fd: Some(spawn::DATASET_FD),
         landlock: rules,
         argv,
         env,
     })
+}
+
+/// Where a jail without namespaces finds the dataset: the descriptor the
+/// supervisor opened and checked, inherited by the zygote and its workers.
+fn unconfined_csv_path() -> String {
+    format!("/proc/self/fd/{}", spawn::DATASET_FD)
+}
+
+/// Open the dataset once, as `O_PATH | O_NOFOLLOW` (no open side effects,
+/// and a path swapped for a symlink is refused rather than followed), and
+/// check what the descriptor refers to: a regular file the jail uid can read
+/// by its mode bits. The jail mounts (or, without namespaces, reads) this
+/// descriptor, so the checked file is the file the jail gets.
+fn open_dataset(csv: &Path, ids: JailIds) -> Result<OwnedFd, SandboxError> {
+    use nix::fcntl::OFlag;
+    let dataset = |reason: String| SandboxError::Dataset {
+        path: csv.to_path_buf(),
+        reason,
+    };
+    let fd = nix::fcntl::open(
+        csv,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| dataset(format!("cannot open it: {e}")))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| dataset(format!("cannot read it: {e}")))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(dataset(if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            "was replaced by a symbolic link after it was resolved".to_string()
+        } else {
+            "is not a regular file".to_string()
+        }));
+    }
+    if !readable_by(st.st_mode, st.st_uid, st.st_gid, ids.uid, ids.gid) {
+        return Err(dataset(format!(
+            "the jail runs as host uid {} and cannot read it; make it readable (chmod o+r) or copy it somewhere readable",
+            ids.uid
+        )));
+    }
+    Ok(fd)
 }
 
 impl Sandbox {
@@ -627,26 +774,14 @@ impl Sandbox {
             path: opts.csv.clone(),
             reason: format!("cannot open it: {e}"),
         })?;
-        let meta = std::fs::metadata(&csv).map_err(|e| SandboxError::Dataset {
-            path: csv.clone(),
-            reason: format!("cannot read it: {e}"),
-        })?;
-        if !meta.is_file() {
-            return Err(SandboxError::Dataset {
-                path: csv,
-                reason: "is not a regular file".to_string(),
-            });
-        }
         // The jail's ids: a uid block of its own, or the single uid.
         let lease = uids::lease(opts.worker_uids);
-        if !readable_by(&meta, lease.ids.uid, lease.ids.gid) {
-            return Err(SandboxError::Dataset {
-                path: csv,
-                reason: format!(
-                    "the jail runs as host uid {} and cannot read it; make it readable (chmod o+r) or copy it somewhere readable",
-                    lease.ids.uid
-                ),
-            });
+        // Opened once, here; everything below uses this descriptor, never the
+        // path again (a path swapped between the checks and the jail start
+        // changes nothing).
+        let dataset_fd = open_dataset(&csv, lease.ids)?;
+        if let Some(hook) = &opts.test_hooks.after_dataset_open {
+            hook(&csv);
         }
 
         // The image is bound at its own host path; under a path the jail
@@ -710,12 +845,14 @@ impl Sandbox {
             target: opts.image.root.clone(),
             writable: false,
             optional: false,
+            fd: None,
         });
         binds.push(mounts::Bind {
             source: csv.clone(),
             target: PathBuf::from(&csv_in_jail),
             writable: false,
             optional: false,
+            fd: Some(spawn::DATASET_FD),
         });
         for (dev, writable) in [
             ("null", true),
@@ -729,6 +866,7 @@ impl Sandbox {
                 target: path,
                 writable,
                 optional: false,
+                fd: None,
             });
         }
         let files = vec![
@@ -787,6 +925,7 @@ impl Sandbox {
                 what: "compiling the worker seccomp filter".to_string(),
                 source: std::io::Error::other(e.to_string()),
             })?,
+            extra_worker_paths: opts.test_hooks.extra_worker_paths.clone(),
         };
         let zygote_config = zygote_config(
             &csv_in_jail,
@@ -835,15 +974,20 @@ impl Sandbox {
         // with it, the init may fall back to running on the host filesystem
         // under Landlock, in a private work directory.
         let workdir = if opts.allow_degraded {
-            let dir = unconfined_workdir(&id)?;
-            spec.unconfined = Some(unconfined_spec(
+            let dir = unconfined_workdir()?;
+            match unconfined_spec(
                 &spec,
-                &dir,
-                &csv,
+                &dir.work(),
                 &limits,
                 lib_paths_for_fallback.clone(),
                 &setup,
-            )?);
+            ) {
+                Ok(u) => spec.unconfined = Some(u),
+                Err(e) => {
+                    dir.remove();
+                    return Err(e);
+                }
+            }
             Some(dir)
         } else {
             None
@@ -852,6 +996,7 @@ impl Sandbox {
         let jail = match spawn::launch(
             &opts.init_program,
             &spec,
+            Some(dataset_fd.as_fd()),
             zygote_group.as_ref(),
             lease.ids,
             opts.startup_timeout,
@@ -865,7 +1010,7 @@ impl Sandbox {
                     cgroup::remove_parent(&cgroup::sandbox_parent_path(&id));
                 }
                 if let Some(dir) = &workdir {
-                    remove_workdir(dir);
+                    dir.remove();
                 }
                 return Err(e.into());
             }
@@ -873,17 +1018,19 @@ impl Sandbox {
         for layer in &jail.applied {
             report.set(layer.clone());
         }
+        // The init has its own copy of the dataset's descriptor now.
+        drop(dataset_fd);
         let csv_in_jail = match &jail.unconfined {
             Some(reason) => {
                 for ns in layers::NAMESPACE_LAYERS {
                     report.set(Layer::unavailable(ns, reason.clone()));
                 }
-                csv.display().to_string()
+                unconfined_csv_path()
             }
             None => {
                 // Not needed: the jail has its own root.
                 if let Some(dir) = &workdir {
-                    remove_workdir(dir);
+                    dir.remove();
                 }
                 csv_in_jail
             }
@@ -998,7 +1145,7 @@ impl Sandbox {
     /// it from a worker fails only while Landlock is enforced.
     pub fn landlock_canary(&self) -> String {
         match &self.shared.workdir {
-            Some(dir) => format!("{}.canary", dir.display()),
+            Some(dir) => dir.canary().display().to_string(),
             None => measure::LANDLOCK_CANARY.to_string(),
         }
     }
@@ -1187,7 +1334,7 @@ async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak<Shared>) {
                 let reply = fds
                     .next()
                     .map(|fd| (pid, fd))
-                    .ok_or_else(|| "the forked message carried no socket".to_string());
+                    .ok_or_else(|| ForkRefusal::fatal("the forked message carried no socket"));
                 if let Some(tx) = shared
                     .pending
                     .lock()
@@ -1197,14 +1344,18 @@ async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak<Shared>) {
                     let _ = tx.send(reply);
                 }
             }
-            FromZygote::ForkFailed { worker_id, error } => {
+            FromZygote::ForkFailed {
+                worker_id,
+                error,
+                transient,
+            } => {
                 if let Some(tx) = shared
                     .pending
                     .lock()
                     .ok()
                     .and_then(|mut p| p.remove(&worker_id))
                 {
-                    let _ = tx.send(Err(error));
+                    let _ = tx.send(Err(ForkRefusal { error, transient }));
                 }
             }
             FromZygote::Exited {
@@ -1231,7 +1382,7 @@ async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak<Shared>) {
         }
         if let Ok(mut pending) = shared.pending.lock() {
             for (_, tx) in pending.drain() {
-                let _ = tx.send(Err("the zygote is gone".to_string()));
+                let _ = tx.send(Err(ForkRefusal::fatal("the zygote is gone")));
             }
         }
         shared.exit_notify.notify_waiters();
@@ -1239,8 +1390,91 @@ async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak<Shared>) {
 }
 
 const FORK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Forks tried before a transient `fork_failed` is reported.
+const FORK_ATTEMPTS: u32 = 4;
+/// Wait before the first retry; doubled for each further one (50, 100, 200 ms).
+const FORK_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Fork a worker; a transient refusal (fork's EAGAIN, a hand-over that
+/// failed for lack of room for the descriptor) is retried a few times with
+/// a short backoff, each time as a new worker id.
 async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match fork_once(shared).await {
+            Err(SandboxError::Fork {
+                worker_id,
+                error,
+                transient: true,
+            }) => {
+                if attempt >= FORK_ATTEMPTS {
+                    return Err(SandboxError::Fork {
+                        worker_id,
+                        error: format!("{error} (tried {FORK_ATTEMPTS} times)"),
+                        transient: true,
+                    });
+                }
+                log(
+                    Level::Info,
+                    &format!(
+                        "sandbox {}: forking worker {worker_id} failed ({error}); retrying",
+                        shared.id
+                    ),
+                );
+                tokio::time::sleep(FORK_BACKOFF * (1 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that names this process for as long as it
+/// is held, whatever happens to its pid number.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: plain system call with integer arguments; returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(2)`; signal 0 only asks whether the process is still
+/// there (alive or a zombie not yet reaped).
+fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: a descriptor we own, a null siginfo and no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The innermost pid (`NSpid`, last field) of the process a pidfd names,
+/// from `/proc/self/fdinfo`; `None` once it has been reaped (`-1`).
+fn pidfd_inner_pid(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let line = info.lines().find(|l| l.starts_with("NSpid:"))?;
+    let pid: i32 = line.split_whitespace().last()?.parse().ok()?;
+    (pid > 0).then_some(pid)
+}
+
+async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     if let Some(reason) = shared.zygote_gone.lock().ok().and_then(|g| g.clone()) {
         return Err(SandboxError::ZygoteGone(reason));
     }
@@ -1286,9 +1520,13 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     }
     let (ns_pid, fd) = match tokio::time::timeout(FORK_TIMEOUT, rx).await {
         Ok(Ok(Ok(reply))) => reply,
-        Ok(Ok(Err(error))) => {
+        Ok(Ok(Err(ForkRefusal { error, transient }))) => {
             cleanup(&group);
-            return Err(SandboxError::Fork { worker_id, error });
+            return Err(SandboxError::Fork {
+                worker_id,
+                error,
+                transient,
+            });
         }
         Ok(Err(_)) => {
             cleanup(&group);
@@ -1326,31 +1564,6 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             },
             frame,
         ))) => {
-            if !filter.applied && !shared.allow_degraded {
-                if let Some(h) = frame.sender_pid.and_then(|p| u32::try_from(p).ok()) {
-                    kill_pid(h);
-                }
-                cleanup(&group);
-                return Err(SandboxError::Worker {
-                    worker_id,
-                    detail: format!(
-                        "the worker's own seccomp filter could not be applied ({}); pass --allow-degraded to run without it",
-                        filter.error.unwrap_or_default()
-                    ),
-                });
-            }
-            if let (Some(expected), Some(got)) = (shared.worker_ids, uid) {
-                if got < expected.first || got >= expected.first + expected.count {
-                    if let Some(h) = frame.sender_pid.and_then(|p| u32::try_from(p).ok()) {
-                        kill_pid(h);
-                    }
-                    cleanup(&group);
-                    return Err(SandboxError::Worker {
-                        worker_id,
-                        detail: format!("the worker runs as uid {got}, not one of its own"),
-                    });
-                }
-            }
             let host_pid = frame
                 .sender_pid
                 .and_then(|p| u32::try_from(p).ok())
@@ -1384,47 +1597,88 @@ async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             return Err(SandboxError::Timeout(FORK_TIMEOUT, "a new worker's hello"));
         }
     };
-    if let Some(g) = &group {
-        if let Err(e) = g.add(host_pid) {
-            kill_pid(host_pid);
+    // A pidfd first, before anything else: from here on the worker is
+    // signalled through it, never through a pid number that may be reused.
+    // The hello's host pid could in principle already belong to someone else
+    // (the worker died, was reaped and its pid recycled within this instant):
+    // the pidfd's innermost pid must still be the worker's jail pid.
+    let pidfd = match pidfd_open(host_pid) {
+        Ok(fd) if pidfd_inner_pid(&fd) == Some(ns_pid) => fd,
+        Ok(_) => {
             cleanup(&group);
             return Err(SandboxError::Worker {
                 worker_id,
-                detail: e.to_string(),
+                detail: format!("host pid {host_pid} is no longer the worker (jail pid {ns_pid}): it exited before its first cell"),
             });
         }
-    }
-    if !scope.applied {
-        log(
-            Level::Warn,
-            &format!(
-                "worker {worker_id}: per-worker landlock scope not applied: {}",
-                scope.error.clone().unwrap_or_default()
-            ),
-        );
-    }
-    Ok(Worker {
+        Err(e) => {
+            cleanup(&group);
+            return Err(SandboxError::Worker {
+                worker_id,
+                detail: format!("pidfd_open({host_pid}): {e}"),
+            });
+        }
+    };
+    let mut worker = Worker {
         id: worker_id,
         host_pid,
         ns_pid,
         scope,
         filter,
         uid,
+        pidfd,
         socket,
         group,
         shared: shared.clone(),
         next_cell: 1,
         dead: false,
-    })
-}
-
-fn kill_pid(host_pid: u32) {
-    if let Ok(pid) = i32::try_from(host_pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
+    };
+    if let Some(g) = &worker.group {
+        if let Err(e) = g.add(host_pid) {
+            worker.kill();
+            return Err(SandboxError::Worker {
+                worker_id,
+                detail: e.to_string(),
+            });
+        }
+    }
+    if !worker.filter.applied && !shared.allow_degraded {
+        let reason = worker.filter.error.clone().unwrap_or_default();
+        worker.kill();
+        return Err(SandboxError::Worker {
+            worker_id,
+            detail: format!(
+                "the worker's own seccomp filter could not be applied ({reason}); pass --allow-degraded to run without it"
+            ),
+        });
+    }
+    if let (Some(expected), Some(got)) = (shared.worker_ids, worker.uid) {
+        if got < expected.first || got >= expected.first + expected.count {
+            worker.kill();
+            return Err(SandboxError::Worker {
+                worker_id,
+                detail: format!("the worker runs as uid {got}, not one of its own"),
+            });
+        }
+    }
+    if !worker.scope.applied {
+        let reason = worker
+            .scope
+            .error
+            .clone()
+            .unwrap_or_else(|| "no reason given".to_string());
+        if !shared.allow_degraded {
+            // Fail closed: the worker has run no code of ours; it dies now
+            // (dropping it kills it and removes its cgroup).
+            worker.kill();
+            return Err(SandboxError::WorkerScope { worker_id, reason });
+        }
+        log(
+            Level::Warn,
+            &format!("worker {worker_id}: per-worker landlock scope not applied: {reason}"),
         );
     }
+    Ok(worker)
 }
 
 async fn shutdown_shared(shared: &Arc<Shared>) {
@@ -1451,7 +1705,7 @@ async fn shutdown_shared(shared: &Arc<Shared>) {
     }
     cgroup::remove_parent(&cgroup::sandbox_parent_path(&shared.id));
     if let Some(dir) = &shared.workdir {
-        remove_workdir(dir);
+        dir.remove();
     }
 }
 
@@ -1468,7 +1722,7 @@ impl Drop for Shared {
         }
         cgroup::remove_parent(&cgroup::sandbox_parent_path(&self.id));
         if let Some(dir) = &self.workdir {
-            remove_workdir(dir);
+            dir.remove();
         }
     }
 }
@@ -1487,6 +1741,8 @@ pub struct Worker {
     pub filter: ScopeStatus,
     /// Its uid inside the jail.
     pub uid: Option<u32>,
+    /// Taken right after the hello: every signal goes through it.
+    pidfd: OwnedFd,
     socket: FramedSocket,
     group: Option<cgroup::Group>,
     shared: Arc<Shared>,
@@ -1678,25 +1934,35 @@ impl Worker {
         }
     }
 
-    /// SIGKILL the worker and everything it started: its process group, and
-    /// its cgroup where there is one.
-    fn kill(&mut self) {
+    /// SIGKILL the worker and everything it started. The worker itself is
+    /// signalled through the pidfd taken when it started, so a pid number
+    /// reused after it was reaped is never a target; what it started goes
+    /// with its cgroup (`cgroup.kill`), or without one, with its process
+    /// group — signalled only while the pidfd says the leader is still there
+    /// (alive or a zombie: its pid, hence the group id, cannot be reused
+    /// before it is reaped). Returns whether the worker was still there.
+    ///
+    /// The window left without a cgroup: the zygote may reap the leader
+    /// between that check and `killpg`, and the group id be reused in that
+    /// instant by an unrelated new group of the same user namespace.
+    pub fn kill(&mut self) -> bool {
         self.dead = true;
-        if !self.reaped() {
-            // The worker leads its own process group (setpgid in the zygote),
-            // and is not reaped before the zygote reports its exit, so its
-            // pid cannot have been reused yet.
-            if let Ok(pid) = i32::try_from(self.host_pid) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        let there = pidfd_send_signal(&self.pidfd, 0).is_ok();
+        if there {
+            if self.group.is_none() {
+                if let Ok(pgid) = i32::try_from(self.host_pid) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
-            kill_pid(self.host_pid);
+            let _ = pidfd_send_signal(&self.pidfd, libc::SIGKILL);
         }
         if let Some(g) = &self.group {
             g.kill_all();
         }
+        there
     }
 }
 
@@ -1788,6 +2054,75 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn the_unconfined_directory_has_an_unpredictable_private_name() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The old predictable names, planted as symlinks by "another user":
+        // never followed, never reused, left alone.
+        let temp = std::env::temp_dir();
+        let decoy_target = tempfile::tempdir().expect("tempdir");
+        let mut decoys = Vec::new();
+        for n in 0..4 {
+            let id = format!("{}-{n}", std::process::id());
+            for name in [
+                format!("csv-agent-jail-{id}"),
+                format!("csv-agent-jail-{id}.canary"),
+            ] {
+                let path = temp.join(name);
+                if std::os::unix::fs::symlink(decoy_target.path(), &path).is_ok() {
+                    decoys.push(path);
+                }
+            }
+        }
+        let a = unconfined_workdir().expect("a private directory");
+        let b = unconfined_workdir().expect("another one");
+        assert_ne!(a.root, b.root);
+        for dir in [&a, &b] {
+            let name = dir
+                .root
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("a name");
+            let random = name.strip_prefix("csv-agent-jail-").expect("the prefix");
+            assert!(random.len() >= 16, "{name}");
+            assert!(
+                !random.starts_with(&format!("{}-", std::process::id())),
+                "{name}"
+            );
+            let root = std::fs::symlink_metadata(&dir.root).expect("root");
+            assert!(root.is_dir() && !root.file_type().is_symlink());
+            assert_eq!(root.permissions().mode() & 0o777, 0o700);
+            assert_eq!(root.uid(), nix::unistd::geteuid().as_raw());
+            let work = std::fs::symlink_metadata(dir.work()).expect("work");
+            assert!(work.is_dir());
+            assert_eq!(work.permissions().mode() & 0o777, 0o700);
+            // The canary: readable by its mode bits, outside the work
+            // directory (the Landlock read-write rule), inside the private one.
+            let canary = std::fs::symlink_metadata(dir.canary()).expect("canary");
+            assert!(canary.is_file());
+            assert_eq!(canary.permissions().mode() & 0o777, 0o644);
+            assert!(!dir.canary().starts_with(dir.work()));
+            assert!(dir.canary().starts_with(&dir.root));
+        }
+        a.remove();
+        b.remove();
+        assert!(!a.root.exists() && !b.root.exists());
+        assert_eq!(
+            std::fs::read_dir(decoy_target.path())
+                .expect("decoy")
+                .count(),
+            0,
+            "something was written through a planted symlink"
+        );
+        for decoy in decoys {
+            assert!(std::fs::symlink_metadata(&decoy)
+                .expect("the decoy is left alone")
+                .file_type()
+                .is_symlink());
+            let _ = std::fs::remove_file(decoy);
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct Bind {
     pub writable: bool,
     /// Skip silently when the source does not exist on this host.
     pub optional: bool,
+    /// The source as a descriptor the init inherited at this number (opened
+    /// and checked by the supervisor): mounted from the descriptor, so the
+    /// path `source` (kept for messages) is never looked up again.
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,6 +107,9 @@ pub fn open_sources(binds: &[Bind]) -> Result<Vec<Source>, MountError> {
     binds
         .iter()
         .map(|b| {
+            if let Some(fd) = b.fd {
+                return open_fd_source(b, fd);
+            }
             if !b.source.exists() {
                 return if b.optional {
                     Ok(Source::Missing)
@@ -130,19 +138,50 @@ pub fn open_sources(binds: &[Bind]) -> Result<Vec<Source>, MountError> {
         .collect()
 }
 
+/// A bind source given as an inherited descriptor: clone the mount of
+/// exactly that file (`open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE)`);
+/// an unprivileged caller binds `/proc/self/fd/<fd>` instead, which leads to
+/// the same inode.
+fn open_fd_source(b: &Bind, fd: i32) -> Result<Source, MountError> {
+    let err = |source| MountError::Source {
+        path: b.source.clone(),
+        source,
+    };
+    // SAFETY: the supervisor placed this descriptor at `fd` before exec and
+    // it stays open for the whole life of the init; we only borrow it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(borrowed).map_err(err)?;
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    match open_tree_at(fd, Path::new(""), libc::AT_EMPTY_PATH as libc::c_uint) {
+        Ok(tree) => Ok(Source::Detached { tree, is_dir }),
+        Err(nix::Error::EPERM) => Ok(Source::Path {
+            path: PathBuf::from(format!("/proc/self/fd/{fd}")),
+            is_dir,
+        }),
+        Err(source) => Err(err(source)),
+    }
+}
+
 fn cstring(path: &Path) -> Result<std::ffi::CString, nix::Error> {
     std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)
 }
 
 /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC)`.
 fn open_tree_clone(path: &Path) -> Result<OwnedFd, nix::Error> {
+    open_tree_at(libc::AT_FDCWD, path, 0)
+}
+
+/// `open_tree(dirfd, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC | extra)`.
+fn open_tree_at(dirfd: i32, path: &Path, extra: libc::c_uint) -> Result<OwnedFd, nix::Error> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     let cpath = cstring(path)?;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_RECURSIVE as libc::c_uint
+        | extra;
     // SAFETY: `cpath` is a valid NUL-terminated path; the call returns a new
     // descriptor or -1 and touches no other memory.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, cpath.as_ptr(), flags) };
     if fd < 0 {
         return Err(nix::Error::last());
     }

@@ -427,6 +427,10 @@ pub enum FromZygote {
     ForkFailed {
         worker_id: u64,
         error: String,
+        /// A shortage that may be gone in a moment (fork's EAGAIN, a failed
+        /// hand-over of the worker's socket): worth a retry.
+        #[serde(default)]
+        transient: bool,
     },
     Exited {
         worker_id: u64,

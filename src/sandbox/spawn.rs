@@ -3,11 +3,12 @@
 //! The supervisor never forks from its (multi-threaded, tokio) process. It
 //! spawns its own binary in init mode with a clean environment and two
 //! sockets in fixed places — the control socket for the zygote at fd 3 and the
-//! sync socket for the init at fd 4 — places the init in the zygote's cgroup,
+//! sync socket for the init at fd 4 — plus the dataset's descriptor at fd 5,
+//! places the init in the zygote's cgroup,
 //! sends the [`JailSpec`], writes the uid/gid maps when the init has unshared,
 //! and waits for the init's report of the layers it applied.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,6 +30,10 @@ use super::uids::{JailIds, WorkerIds};
 pub const CONTROL_FD: RawFd = 3;
 /// Where the init finds its sync socket.
 pub const SYNC_FD: RawFd = 4;
+/// Where the init finds the dataset: the descriptor the supervisor opened
+/// (`O_PATH | O_NOFOLLOW`) and checked, so the jail mounts exactly the file
+/// that was checked, whatever happens to its path afterwards.
+pub const DATASET_FD: RawFd = 5;
 
 /// Everything the init needs to build the jail: a declarative model, applied
 /// by the init, decided by the supervisor.
@@ -56,6 +61,10 @@ pub struct JailSpec {
 pub struct UnconfinedSpec {
     /// Private, writable working directory (also HOME and TMPDIR).
     pub workdir: PathBuf,
+    /// The dataset's descriptor, kept open (not close-on-exec) for the
+    /// zygote, which reads the dataset as `/proc/self/fd/<n>`.
+    #[serde(default)]
+    pub dataset_fd: Option<RawFd>,
     pub landlock: LandlockSpec,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -137,21 +146,31 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     .map_err(SpawnError::Socket)
 }
 
-/// Move `fd` to `target` in a freshly forked child (before exec). Only
-/// async-signal-safe calls: `dup2` and `fcntl`.
-fn place_fd(fd: RawFd, target: RawFd) -> std::io::Result<()> {
-    if fd == target {
-        // SAFETY: plain fcntl on a descriptor we own; async-signal-safe.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+/// Put each `(descriptor, target number)` in place in a freshly forked child
+/// (before exec), without close-on-exec, and close `DATASET_FD` when no
+/// descriptor goes there. Each source is first duplicated above every target
+/// (close-on-exec), so a source that already sits on another's target number
+/// is never clobbered. Only async-signal-safe calls: `fcntl`, `dup2`, `close`.
+fn place_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    let mut high = [-1; 3];
+    for (slot, (fd, _)) in high.iter_mut().zip(moves) {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own; async-signal-safe.
+        let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if dup < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        return Ok(());
+        *slot = dup;
     }
-    // SAFETY: dup2 is async-signal-safe; the new descriptor has no CLOEXEC.
-    if unsafe { libc::dup2(fd, target) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    for (dup, (_, target)) in high.iter().zip(moves) {
+        // SAFETY: dup2 is async-signal-safe; the new descriptor has no CLOEXEC.
+        if unsafe { libc::dup2(*dup, *target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if !moves.iter().any(|(_, target)| *target == DATASET_FD) {
+        // Whatever our caller left there must not pass for a dataset.
+        // SAFETY: close is async-signal-safe; EBADF (nothing there) is fine.
+        unsafe { libc::close(DATASET_FD) };
     }
     Ok(())
 }
@@ -229,18 +248,25 @@ async fn write_id_maps(pid: i32, ids: JailIds) -> Result<(), SpawnError> {
 }
 
 /// Start the init, build the jail and return once the init has reported the
-/// layers it applied and is about to exec the zygote.
+/// layers it applied and is about to exec the zygote. `dataset`, when given,
+/// reaches the init at [`DATASET_FD`] (a bind whose `fd` names it mounts it).
 pub async fn launch(
     program: &std::path::Path,
     spec: &JailSpec,
+    dataset: Option<BorrowedFd<'_>>,
     group: Option<&Group>,
     ids: JailIds,
     setup_timeout: Duration,
 ) -> Result<JailProcess, SpawnError> {
     let (control_ours, control_theirs) = socketpair()?;
     let (sync_ours, sync_theirs) = socketpair()?;
-    let control_raw = control_theirs.as_raw_fd();
-    let sync_raw = sync_theirs.as_raw_fd();
+    let mut moves = vec![
+        (control_theirs.as_raw_fd(), CONTROL_FD),
+        (sync_theirs.as_raw_fd(), SYNC_FD),
+    ];
+    if let Some(fd) = dataset {
+        moves.push((fd.as_raw_fd(), DATASET_FD));
+    }
 
     let mut cmd = std::process::Command::new(program);
     cmd.arg(INIT_ARG)
@@ -248,33 +274,11 @@ pub async fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only calls dup2 and
-    // fcntl, which are async-signal-safe. The two sockets are moved to fixed
-    // numbers; the sync socket first in case its number is CONTROL_FD.
+    // SAFETY: the closure runs between fork and exec and only calls fcntl,
+    // dup2 and close, which are async-signal-safe; `moves` was built before
+    // the fork and is only read.
     unsafe {
-        cmd.pre_exec(move || {
-            let sync_tmp = if sync_raw == CONTROL_FD {
-                let dup = libc::fcntl(sync_raw, libc::F_DUPFD_CLOEXEC, 10);
-                if dup < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                dup
-            } else {
-                sync_raw
-            };
-            let control_tmp = if control_raw == SYNC_FD {
-                let dup = libc::fcntl(control_raw, libc::F_DUPFD_CLOEXEC, 10);
-                if dup < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                dup
-            } else {
-                control_raw
-            };
-            place_fd(control_tmp, CONTROL_FD)?;
-            place_fd(sync_tmp, SYNC_FD)?;
-            Ok(())
-        });
+        cmd.pre_exec(move || place_fds(&moves));
     }
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
