@@ -134,8 +134,8 @@ pub enum ProtocolError {
     },
     #[error(
         "the {channel} channel received descriptors it does not accept \
-         ({received} closed on arrival{}; at most {allowed} per frame)",
-        if *.truncated { ", more discarded by the kernel" } else { "" }
+         ({received} installed and closed at once{}; at most {allowed} per frame)",
+        if *.truncated { ", the rest discarded by the kernel" } else { "" }
     )]
     Descriptors {
         channel: &'static str,
