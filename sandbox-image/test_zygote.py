@@ -652,6 +652,24 @@ class CellTests(ZygoteTestCase):
         result = self.fork().run("submit('x' * (65 * 2**20))")
         self.assertEqual((result["status"], result["error"]["type"], result["submitted"]), ("error", "ResultTooLarge", None))
 
+    def test_result_over_the_worker_frame_limit_becomes_an_error(self) -> None:
+        # The supervisor accepts at most worker_frame_limit(max_output) bytes
+        # from a worker (4 MiB + 32 x 4096 here): a 5 MiB submission fits the
+        # old 64 MiB ceiling but not this bound.
+        limit = zygote.worker_frame_limit(MAX_OUTPUT)
+        result = self.fork().run("submit('x' * (5 * 2**20))")
+        self.assertEqual((result["status"], result["error"]["type"], result["submitted"]), ("error", "ResultTooLarge", None))
+        self.assertIn(f"{limit}-byte frame limit", result["error"]["message"])
+        self.assertLessEqual(len(json.dumps(result, ensure_ascii=False).encode()), limit)
+
+    def test_huge_exception_message_is_capped_not_dropped(self) -> None:
+        result = self.fork().run("raise ValueError('\u00e9' * 3_000_000)")
+        self.assertEqual((result["status"], result["error"]["type"]), ("error", "ValueError"))
+        for key in ("message", "traceback"):
+            text = result["error"][key]
+            self.assertLessEqual(len(text.encode()), MAX_OUTPUT + 64, key)
+            self.assertRegex(text, r"\[\.\.\. \d+ bytes truncated\]\n$", key)
+
     def test_sklearn_with_two_jobs(self) -> None:
         code = ("from sklearn.ensemble import RandomForestClassifier\n"
                 "from sklearn.model_selection import cross_val_score\n"

@@ -56,6 +56,15 @@ from typing import Any, NoReturn, Optional
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 FRAME_HEADER = struct.Struct(">I")
+# Room in a result for what is not capped text (submitted, hooks, keys).
+RESULT_VALUES_BUDGET = 4 * 1024 * 1024
+
+
+def worker_frame_limit(max_output: int) -> int:
+    """The supervisor's bound on a worker's frames (protocol.rs
+    worker_frame_limit): five capped strings that JSON may escape 6x, plus
+    the values budget, never above MAX_FRAME."""
+    return min(32 * max_output + RESULT_VALUES_BUDGET, MAX_FRAME)
 
 # Exit codes of the zygote and of workers (documented in docs/protocol.md).
 EXIT_OK = 0
@@ -386,6 +395,9 @@ class Config:
     # value in it that stands for the worker's own pid.
     worker_filter: Optional[bytes] = None
     worker_filter_placeholder: int = 0
+    # Largest result frame the supervisor accepts from a worker; a bigger
+    # result becomes a ResultTooLarge error.
+    max_frame: int = worker_frame_limit(65536)
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -400,27 +412,29 @@ def parse_config(argv: list[str]) -> Config:
     csv_path = raw.get("csv")
     if not isinstance(csv_path, str) or not csv_path:
         raise ValueError("config needs \"csv\": the path of the dataset inside the jail")
+    max_output = raw.get("max_output", 65536)
     config = Config(
         csv=csv_path,
         control_fd=raw.get("control_fd", 3),
-        max_output=raw.get("max_output", 65536),
+        max_output=max_output,
         worker_scope=raw.get("worker_scope", False),
         private_tmp=raw.get("private_tmp", False),
         worker_paths=tuple(raw.get("worker_paths", ())),
         threads=raw.get("threads", 1),
         worker_ids=_parse_worker_ids(raw.get("worker_ids")),
         **_parse_worker_filter(raw.get("worker_filter")),
+        max_frame=raw.get("max_frame", worker_frame_limit(max_output) if isinstance(max_output, int) else 0),
     )
     if not isinstance(config.private_tmp, bool):
         raise ValueError(f"config \"private_tmp\" must be a boolean, got {config.private_tmp!r}")
     if not all(isinstance(p, str) and p.startswith("/") for p in config.worker_paths):
         raise ValueError("config \"worker_paths\" must be a list of absolute paths")
-    for name in ("control_fd", "max_output", "threads"):
+    for name in ("control_fd", "max_output", "threads", "max_frame"):
         number = getattr(config, name)
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise ValueError(f"config \"{name}\" must be a non-negative integer, got {number!r}")
-    if config.threads < 1 or config.max_output < 1:
-        raise ValueError("config \"threads\" and \"max_output\" must be at least 1")
+    if config.threads < 1 or config.max_output < 1 or config.max_frame < 1:
+        raise ValueError("config \"threads\", \"max_output\" and \"max_frame\" must be at least 1")
     if not isinstance(config.worker_scope, bool):
         raise ValueError(f"config \"worker_scope\" must be a boolean, got {config.worker_scope!r}")
     return config
@@ -1785,20 +1799,40 @@ class Worker:
             "elapsed_ms": elapsed_ms,
         }
 
+    def _cap_text(self, text: str) -> str:
+        encoded = text.encode("utf-8")
+        return cap_output(encoded, len(encoded), self.config.max_output)[0]
+
     def reply(self, message: dict[str, Any]) -> None:
+        limit = self.config.max_frame
+        error = message.get("error")
+        if isinstance(error, dict):
+            # Capped like the streams (the supervisor cuts them there too).
+            message = dict(message)
+            message["error"] = {key: self._cap_text(value) if key in ("message", "traceback") and isinstance(value, str) else value
+                                for key, value in error.items()}
         try:
             frame = encode_frame(message)
-            if len(frame) - FRAME_HEADER.size > MAX_FRAME:
-                raise ValueError(f"result of {len(frame)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+            if len(frame) - FRAME_HEADER.size > limit:
+                raise ValueError(f"result of {len(frame) - FRAME_HEADER.size} bytes exceeds the {limit}-byte frame limit")
         except ValueError as exc:
             # Too big (huge submitted/hook values) or not JSON: report it as the
-            # cell's error rather than sending a frame the supervisor rejects.
+            # cell's error rather than sending a frame the supervisor rejects
+            # (it would kill the worker for a protocol violation).
             fallback = dict(message)
             fallback["status"] = "error"
             fallback["submitted"] = None
             fallback["hooks"] = []
             fallback["error"] = {"type": "ResultTooLarge", "message": str(exc), "traceback": ""}
             frame = encode_frame(fallback)
+            if len(frame) - FRAME_HEADER.size > limit:
+                # Only with a max_output so big that its escaped streams alone
+                # pass the frame ceiling: drop the text as well.
+                for key in ("stdout", "stderr"):
+                    fallback[f"{key}_truncated"] = fallback.get(f"{key}_truncated", 0) + len(str(fallback.get(key, "")).encode("utf-8"))
+                    fallback[key] = ""
+                fallback["result"] = None
+                frame = encode_frame(fallback)
         self.sock.sendall(frame)
 
     def serve(self) -> NoReturn:

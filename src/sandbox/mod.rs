@@ -37,8 +37,8 @@ use tokio::sync::{oneshot, Notify};
 pub use image::{Image, ImageError, ImageSpec};
 pub use layers::{IsolationReport, Layer, LayerStatus, WorkerIsolation, LAYER_NAMES};
 use protocol::{
-    CellReply, FramedSocket, FromWorker, FromZygote, ProtocolError, ScopeStatus, ToWorker,
-    ToZygote, WorkerLimits, ZygoteReady,
+    CellReply, ChannelPolicy, FramedSocket, FromWorker, FromZygote, ProtocolError, ScopeStatus,
+    ToWorker, ToZygote, WorkerLimits, ZygoteReady,
 };
 pub use uids::{IdLease, JailIds};
 
@@ -335,25 +335,105 @@ pub struct CellResult {
     pub stderr_truncated: u64,
 }
 
+/// Room above the output cap for the truncation line the zygote appends
+/// (`\n[... N bytes truncated]\n`, at most 43 bytes), so text it already cut
+/// is not cut twice.
+const TRUNCATION_LINE_ROOM: usize = 64;
+
+/// Longest exception class name kept.
+const MAX_ERROR_TYPE: usize = 256;
+
+/// Cut `text` to its first `cap` bytes (never inside a UTF-8 character) and
+/// add the zygote's truncation line, when it is longer than `cap` plus the
+/// room for such a line; returns the bytes cut (0 if none). The same format
+/// as `cap_output` in zygote.py.
+fn cap_text(text: &mut String, cap: usize) -> u64 {
+    if text.len() <= cap.saturating_add(TRUNCATION_LINE_ROOM) {
+        return 0;
+    }
+    let mut cut = cap;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let removed = (text.len() - cut) as u64;
+    text.truncate(cut);
+    text.shrink_to_fit();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("[... {removed} bytes truncated]\n"));
+    removed
+}
+
+/// At most `max` characters of what a worker sent, for an error message.
+fn excerpt(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// A worker's `error` field: `{type, message, traceback}`, all strings, each
+/// capped (`type` at [`MAX_ERROR_TYPE`], the others at `cap`); anything else
+/// is a protocol violation.
+fn checked_error(error: serde_json::Value, cap: usize) -> Result<serde_json::Value, String> {
+    let serde_json::Value::Object(mut fields) = error else {
+        return Err("an error that is not an object".to_string());
+    };
+    let mut take = |name: &str, cap: usize| match fields.remove(name) {
+        Some(serde_json::Value::String(mut text)) => {
+            cap_text(&mut text, cap);
+            Ok(text)
+        }
+        _ => Err(format!("an error without a string {name:?}")),
+    };
+    let kind = take("type", MAX_ERROR_TYPE)?;
+    let message = take("message", cap)?;
+    let traceback = take("traceback", cap)?;
+    Ok(serde_json::json!({ "type": kind, "message": message, "traceback": traceback }))
+}
+
 impl CellResult {
-    fn from_reply(reply: CellReply) -> Self {
-        let status = if reply.status == "ok" {
-            CellStatus::Ok
-        } else {
-            CellStatus::Error
+    /// Turn a worker's reply into a result without trusting it: every text
+    /// field is cut to the output cap here (whatever the worker claims to
+    /// have cut), the counters say what was cut, and a reply that does not
+    /// have the documented shape is a protocol violation (`Err` with what was
+    /// wrong). `submitted` and `hooks` are bounded by the worker channel's
+    /// frame limit, not cut (a cut value would be another answer).
+    fn from_reply(reply: CellReply, max_output: u64) -> Result<Self, String> {
+        let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
+        let status = match reply.status.as_str() {
+            "ok" => CellStatus::Ok,
+            "error" => CellStatus::Error,
+            other => return Err(format!("unknown status {:?}", excerpt(other, 40))),
         };
-        CellResult {
+        if (status == CellStatus::Error) != reply.error.is_some() {
+            return Err(format!(
+                "status {:?} with {} error",
+                reply.status,
+                if reply.error.is_some() { "an" } else { "no" }
+            ));
+        }
+        let error = reply.error.map(|e| checked_error(e, cap)).transpose()?;
+        let (mut stdout, mut stderr, mut result) = (reply.stdout, reply.stderr, reply.result);
+        let stdout_cut = cap_text(&mut stdout, cap);
+        let stderr_cut = cap_text(&mut stderr, cap);
+        if let Some(text) = &mut result {
+            cap_text(text, cap);
+        }
+        Ok(CellResult {
             status,
-            stdout: reply.stdout,
-            stderr: reply.stderr,
-            result: reply.result,
-            error: reply.error,
+            stdout,
+            stderr,
+            result,
+            error,
             submitted: reply.submitted,
             hooks: reply.hooks,
             elapsed_ms: reply.elapsed_ms,
-            stdout_truncated: reply.stdout_truncated,
-            stderr_truncated: reply.stderr_truncated,
-        }
+            stdout_truncated: reply.stdout_truncated.saturating_add(stdout_cut),
+            stderr_truncated: reply.stderr_truncated.saturating_add(stderr_cut),
+        })
     }
 
     fn lost(status: CellStatus, kind: &str, message: String, elapsed: Duration) -> Self {
@@ -582,6 +662,7 @@ fn zygote_config(
         "csv": csv_path,
         "control_fd": spawn::CONTROL_FD,
         "max_output": limits.max_output_bytes,
+        "max_frame": protocol::worker_frame_limit(limits.max_output_bytes),
         "worker_scope": true,
         "private_tmp": true,
         "worker_paths": worker_paths,
@@ -1069,7 +1150,7 @@ impl Sandbox {
                 what: "duplicating the control socket".to_string(),
                 source,
             })?;
-        let control_rx = FramedSocket::new(rx_fd, "control")?;
+        let control_rx = FramedSocket::new(rx_fd, "control", ChannelPolicy::control())?;
         let control_tx = FramedSocket::new(
             jail.control
                 .try_clone()
@@ -1078,6 +1159,7 @@ impl Sandbox {
                     source,
                 })?,
             "control",
+            ChannelPolicy::control(),
         )?;
 
         let shared = Arc::new(Shared {
@@ -1542,7 +1624,11 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             ));
         }
     };
-    let mut socket = FramedSocket::new(fd, "worker")?;
+    let mut socket = FramedSocket::new(
+        fd,
+        "worker",
+        ChannelPolicy::worker(shared.limits.max_output_bytes),
+    )?;
     let hello = tokio::time::timeout(FORK_TIMEOUT, socket.recv_msg::<FromWorker>("hello")).await;
     let (scope, filter, uid, host_pid) = match hello {
         Ok(Ok((FromWorker::Hello { version, .. }, _))) if version != protocol::PROTOCOL_VERSION => {
@@ -1584,7 +1670,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             return Err(ProtocolError::Unexpected {
                 channel: "worker",
                 expected: "hello",
-                got: format!("{other:?}"),
+                got: other.kind(),
             }
             .into());
         }
@@ -1818,26 +1904,47 @@ impl Worker {
                     started.elapsed(),
                 ))
             }
-            Ok(Ok(Some(frame))) => match protocol::decode::<FromWorker>("worker", &frame.body) {
-                Ok(FromWorker::Result(reply)) if reply.cell == cell => {
-                    Ok(CellResult::from_reply(reply))
-                }
-                Ok(other) => {
-                    self.kill();
-                    Err(ProtocolError::Unexpected {
-                        channel: "worker",
-                        expected: "result",
-                        got: format!("{other:?}"),
+            Ok(Ok(Some(frame))) => {
+                let checked = match protocol::decode::<FromWorker>("worker", &frame.body) {
+                    Ok(FromWorker::Result(reply)) if reply.cell == cell => {
+                        CellResult::from_reply(reply, self.shared.limits.max_output_bytes)
                     }
-                    .into())
-                }
-                Err(e) => {
-                    self.kill();
-                    Err(e.into())
-                }
-            },
+                    Ok(other) => Err(format!(
+                        "expected the result of cell {cell}, got {}",
+                        other.kind()
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                drop(frame);
+                Ok(match checked {
+                    Ok(result) => result,
+                    Err(detail) => self.violation(cell, started, &detail),
+                })
+            }
+            Ok(Err(e)) if e.is_violation() => Ok(self.violation(cell, started, &e.to_string())),
             Ok(Ok(None)) | Ok(Err(_)) => Ok(self.lost(cell, started).await),
         }
+    }
+
+    /// The worker broke the protocol (sent descriptors, an oversized or
+    /// malformed frame, a reply of the wrong shape, status or cell): it is
+    /// hostile. Kill it, log a fault, and report the cell as `crashed` with
+    /// error type `ProtocolViolation`; nothing it sent is passed on.
+    fn violation(&mut self, cell: u64, started: Instant, detail: &str) -> CellResult {
+        self.kill();
+        let refused = self.socket.refused_descriptors();
+        let detail = if refused > 0 {
+            format!("protocol violation: {detail} ({refused} descriptors refused in all)")
+        } else {
+            format!("protocol violation: {detail}")
+        };
+        self.record_fault(cell, CellStatus::Crashed, &detail);
+        CellResult::lost(
+            CellStatus::Crashed,
+            "ProtocolViolation",
+            format!("the worker was killed: {detail}"),
+            started.elapsed(),
+        )
     }
 
     /// The worker died during a cell: find out why.
@@ -1947,6 +2054,8 @@ impl Worker {
     /// instant by an unrelated new group of the same user namespace.
     pub fn kill(&mut self) -> bool {
         self.dead = true;
+        // Whatever it sent and we buffered is of no use any more.
+        self.socket.release();
         let there = pidfd_send_signal(&self.pidfd, 0).is_ok();
         if there {
             if self.group.is_none() {
@@ -2130,5 +2239,84 @@ mod tests {
         assert_eq!(jail_file_name(Path::new("/x/penguins.csv")), "penguins.csv");
         assert_eq!(jail_file_name(Path::new("/x/my data (1).csv")), "data.csv");
         assert_eq!(jail_file_name(Path::new("/x/ünïcode.tsv")), "data.csv");
+    }
+
+    fn reply(status: &str, stdout: String) -> CellReply {
+        CellReply {
+            cell: 1,
+            status: status.to_string(),
+            stdout,
+            stderr: String::new(),
+            stdout_truncated: 0,
+            stderr_truncated: 0,
+            result: None,
+            error: None,
+            submitted: None,
+            hooks: Vec::new(),
+            elapsed_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_forged_reply_is_cut_to_the_cap_and_the_cut_is_counted() {
+        // 3-byte characters, so the cap falls inside one.
+        let mut forged = reply("ok", "€".repeat(1 << 20));
+        forged.result = Some("r".repeat(5 << 20));
+        forged.stderr = "e".repeat(100_000);
+        forged.error = None;
+        let cell = CellResult::from_reply(forged, 1000).expect("well-formed");
+        assert!(cell.stdout.starts_with(&"€".repeat(333)));
+        assert!(
+            cell.stdout.ends_with("\n[... 3144729 bytes truncated]\n"),
+            "{}",
+            &cell.stdout[990..]
+        );
+        assert_eq!(cell.stdout_truncated, 3 * (1 << 20) - 999);
+        assert_eq!(cell.stderr_truncated, 100_000 - 1000);
+        for text in [
+            &cell.stdout,
+            &cell.stderr,
+            cell.result.as_ref().expect("result"),
+        ] {
+            assert!(text.len() <= 1000 + TRUNCATION_LINE_ROOM, "{}", text.len());
+        }
+    }
+
+    #[test]
+    fn text_the_zygote_already_cut_is_passed_on_unchanged() {
+        let kept = format!("{}\n[... 123456789 bytes truncated]\n", "a".repeat(1000));
+        let mut honest = reply("ok", kept.clone());
+        honest.stdout_truncated = 123_456_789;
+        let cell = CellResult::from_reply(honest, 1000).expect("well-formed");
+        assert_eq!(cell.stdout, kept);
+        assert_eq!(cell.stdout_truncated, 123_456_789);
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_shape_is_a_violation() {
+        let unknown = CellResult::from_reply(reply("fine", String::new()), 1000);
+        assert!(unknown.is_err_and(|e| e.contains("unknown status")));
+        assert!(CellResult::from_reply(reply("error", String::new()), 1000).is_err());
+        let mut error = reply("error", String::new());
+        error.error = Some(serde_json::json!({"type": "X", "message": 3, "traceback": ""}));
+        assert!(CellResult::from_reply(error, 1000).is_err());
+        let mut error = reply("error", String::new());
+        error.error = Some(serde_json::json!({
+            "type": "ValueError",
+            "message": "m".repeat(5000),
+            "traceback": "t".repeat(5000),
+            "extra": "x".repeat(5000),
+        }));
+        let cell = CellResult::from_reply(error, 1000).expect("well-formed");
+        let error = cell.error.expect("error");
+        assert_eq!(error["type"], "ValueError");
+        assert!(error.get("extra").is_none());
+        for key in ["message", "traceback"] {
+            let text = error[key].as_str().expect("string");
+            assert!(
+                text.ends_with("[... 4000 bytes truncated]\n"),
+                "{key}: {text}"
+            );
+        }
     }
 }
