@@ -8,67 +8,21 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::attack::*;
 use common::*;
-use csv_agent::sandbox::{CellResult, CellStatus, Sandbox, Worker};
+use csv_agent::sandbox::{CellResult, CellStatus, Sandbox};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
 
-/// A fresh random marker; if it ever shows in a cell's output, the jail leaked.
-fn random_secret() -> String {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("reading /dev/urandom");
-    format!("SECRET-{}", hex::encode(bytes))
-}
-
 /// A Python string literal holding `text`.
 fn lit(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
-}
-
-/// Python helpers every payload starts with: `attempt(fn)` runs a probe and
-/// records its value or the error it raised; `report(**obs)` prints the
-/// observations as one JSON line (the last line of stdout).
-const PRELUDE: &str = r#"
-import ctypes, errno, json, os, signal, socket, stat, sys, time
-
-def attempt(fn, *args, **kwargs):
-    try:
-        return {"ok": True, "value": fn(*args, **kwargs)}
-    except Exception as exc:
-        return {"ok": False, "type": type(exc).__name__, "errno": getattr(exc, "errno", None), "message": str(exc)}
-
-def read(path, mode="r"):
-    with open(path, mode) as handle:
-        return handle.read()
-
-def write(path, data="pwned\n", mode="w"):
-    with open(path, mode) as handle:
-        return handle.write(data)
-
-def report(**observations):
-    print(json.dumps(observations, default=repr))
-"#;
-
-/// The prelude plus `body`, with every `@NAME@` marker replaced.
-fn payload(body: &str, vars: &[(&str, String)]) -> String {
-    let mut code = format!("{PRELUDE}\n{body}");
-    for (name, value) in vars {
-        code = code.replace(&format!("@{name}@"), value);
-    }
-    assert!(
-        !code.contains("@PATH") && !code.contains("@SECRET"),
-        "unfilled marker in {code}"
-    );
-    code
 }
 
 /// Everything a cell sent back, as one string.
@@ -81,37 +35,6 @@ fn assert_secret_absent(cell: &CellResult, secret: &str) {
     assert!(
         !all.contains(secret),
         "THE SECRET LEAKED into the cell's output: {cell:#?}"
-    );
-}
-
-/// The JSON the payload printed last (the cell must have succeeded).
-fn observed(cell: &CellResult) -> Value {
-    assert_ok(cell);
-    let line = cell
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| panic!("the payload printed no JSON: {cell:#?}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON from the payload ({e}): {line}"))
-}
-
-/// An `attempt()` record that failed.
-fn assert_refused(obs: &Value, what: &str) {
-    assert_eq!(
-        obs["ok"],
-        Value::Bool(false),
-        "`{what}` should have failed inside the jail, it gave {obs}"
-    );
-}
-
-/// An `attempt()` record that failed with one of these errno values.
-fn assert_refused_with(obs: &Value, what: &str, errnos: &[i32]) {
-    assert_refused(obs, what);
-    let errno = obs["errno"].as_i64().unwrap_or(-1);
-    assert!(
-        errnos.iter().any(|e| i64::from(*e) == errno),
-        "`{what}` failed with errno {errno}, expected one of {errnos:?}: {obs}"
     );
 }
 
@@ -128,75 +51,6 @@ fn assert_nothing_arrived<T: std::fmt::Debug>(result: std::io::Result<T>, what: 
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("{what}: {other:?}"),
     }
-}
-
-async fn exec(worker: &mut Worker, code: &str) -> CellResult {
-    worker.exec(code).await.expect("the cell runs")
-}
-
-/// The worker answers a trivial cell.
-async fn assert_answers(worker: &mut Worker) {
-    let cell = exec(worker, "6 * 7").await;
-    assert_ok(&cell);
-    assert_eq!(cell.result.as_deref(), Some("42"), "{cell:#?}");
-}
-
-/// Host-side liveness: the pid exists and is neither a zombie nor stopped.
-fn host_pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .unwrap_or('?');
-    !matches!(state, 'Z' | 'X' | 'x' | 'T' | 't')
-}
-
-async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Outside: the zygote is alive on the host and forks a worker that answers.
-async fn assert_sandbox_healthy(sb: &Sandbox) {
-    let zygote = sb.zygote_host_pid().expect("the zygote has a host pid");
-    assert!(
-        host_pid_alive(zygote),
-        "the zygote (host pid {zygote}) is gone"
-    );
-    let mut fresh = sb.acquire().await.expect("the zygote forks a new worker");
-    assert_answers(&mut fresh).await;
-    assert!(
-        host_pid_alive(zygote),
-        "the zygote (host pid {zygote}) is gone"
-    );
-}
-
-/// Host pids of every process in the jail's pid namespace (zombies included).
-fn jail_processes(sb: &Sandbox) -> Vec<u32> {
-    let zygote = sb.zygote_host_pid().expect("the zygote has a host pid");
-    let ns = std::fs::read_link(format!("/proc/{zygote}/ns/pid")).expect("the zygote's pid ns");
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-                .map(|l| l == ns)
-                .unwrap_or(false)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
 }
 
 /// A field of `/proc/<pid>/status` on the host.
@@ -2071,7 +1925,9 @@ for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]:
 assert status["Seccomp"] == "2", status["Seccomp"]
 assert status["NoNewPrivs"] == "1", status["NoNewPrivs"]
 uid_map = open("/proc/self/uid_map").read().split()
-assert uid_map[0] == "0" and uid_map[2] == "65536" and int(uid_map[1]) >= 1600000000, uid_map
+# Root of the jail is the block's first host id; workers the ids from 1000 on.
+block = int(uid_map[1])
+assert block >= 1600000000 and uid_map == ["0", str(block), "1", "1000", str(block + 1000), "64536"], uid_map
 assert open("/proc/self/gid_map").read().split() == uid_map, open("/proc/self/gid_map").read()
 assert open("/proc/self/setgroups").read().strip() == "deny"
 import json

@@ -44,6 +44,7 @@ def record(name, **progress):
     # Atomic, so a SIGKILL never leaves half a file.
     with open(f"/tmp/{name}.tmp", "w") as handle:
         json.dump(progress, handle)
+    os.chmod(f"/tmp/{name}.tmp", 0o644)  # read by another worker (another uid)
     os.replace(f"/tmp/{name}.tmp", f"/tmp/{name}.json")
 "#;
 

@@ -143,6 +143,18 @@ fn for_targets(call: &str) -> String {
     out
 }
 
+/// One jail: `call` aimed at the zygote and at the sibling (see
+/// [`for_targets`]), every attempt refused with one of `errnos`, then
+/// nothing of either victim changed.
+async fn refused_against_both(call: &str, errnos: &[i32]) {
+    let mut scene = Scene::new(true).await;
+    let obs = scene.attack(&for_targets(call)).await;
+    assert_all_refused(&obs, errnos);
+    // Give a CPU limit of 1 s the chance to fire, had one been set.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    scene.assert_unharmed().await;
+}
+
 fn assert_all_refused(obs: &Value, errnos: &[i32]) {
     let map = obs.as_object().expect("observations");
     assert!(!map.is_empty());
@@ -155,21 +167,16 @@ fn assert_all_refused(obs: &Value, errnos: &[i32]) {
 // the next time it used CPU; a lowered RLIMIT_NOFILE made every fork fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prlimit_of_the_zygote_or_a_sibling_is_refused() {
-    let mut scene = Scene::new(true).await;
-    let obs = scene
-        .attack(&for_targets(
-            r#"
+    refused_against_both(
+        r#"
 obs["KEY_cpu"] = attempt(resource.prlimit, pid, resource.RLIMIT_CPU, (1, 1))
 obs["KEY_nofile"] = attempt(resource.prlimit, pid, resource.RLIMIT_NOFILE, (3, 3))
 obs["KEY_nproc"] = attempt(resource.prlimit, pid, resource.RLIMIT_NPROC, (1, 1))
 obs["KEY_read"] = attempt(resource.prlimit, pid, resource.RLIMIT_NOFILE)
 "#,
-        ))
-        .await;
-    assert_all_refused(&obs, &[EPERM]);
-    // Give a CPU limit of 1 s the chance to fire if it had been set.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    scene.assert_unharmed().await;
+        &[EPERM],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,10 +215,8 @@ report(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn affinity_and_scheduling_of_other_processes_are_refused() {
-    let mut scene = Scene::new(true).await;
-    let obs = scene
-        .attack(&for_targets(
-            r#"
+    refused_against_both(
+        r#"
 obs["KEY_setaffinity"] = attempt(os.sched_setaffinity, pid, {0})
 obs["KEY_getaffinity"] = attempt(os.sched_getaffinity, pid)
 obs["KEY_getparam"] = attempt(os.sched_getparam, pid)
@@ -223,18 +228,15 @@ attr = ctypes.create_string_buffer(56)
 obs["KEY_setattr"] = sys_call(314, pid, ctypes.addressof(attr), 0)
 obs["KEY_getattr"] = sys_call(315, pid, ctypes.addressof(attr), 56, 0)
 "#,
-        ))
-        .await;
-    assert_all_refused(&obs, &[EPERM]);
-    scene.assert_unharmed().await;
+        &[EPERM],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pidfds_memory_and_tracing_calls_on_other_processes_are_refused() {
-    let mut scene = Scene::new(true).await;
-    let obs = scene
-        .attack(&for_targets(
-            r#"
+    refused_against_both(
+        r#"
 obs["KEY_pidfd_open"] = sys_call(434, pid, 0)
 obs["KEY_pidfd_send_signal"] = sys_call(424, 3, 9, 0, 0)
 obs["KEY_pidfd_getfd"] = sys_call(438, 3, 0, 0)
@@ -254,10 +256,9 @@ local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)
 obs["KEY_process_vm_readv"] = sys_call(310, pid, ctypes.addressof(local), 1, ctypes.addressof(local), 1, 0)
 obs["KEY_prctl_sched_core"] = sys_call(157, 62, 2, pid, 0, 0)
 "#,
-        ))
-        .await;
-    assert_all_refused(&obs, &[EPERM]);
-    scene.assert_unharmed().await;
+        &[EPERM],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,10 +342,8 @@ report(**owners)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_files_of_other_processes_cannot_be_written() {
-    let mut scene = Scene::new(true).await;
-    let obs = scene
-        .attack(&for_targets(
-            r#"
+    refused_against_both(
+        r#"
 for f, data in (("oom_score_adj", "1000"), ("comm", "pwned"), ("timerslack_ns", "1"), ("autogroup", "19"), ("loginuid", "1"), ("attr/current", "x"), ("sched", "0")):
     obs["KEY_" + f] = attempt(write, f"/proc/{pid}/{f}", data)
 obs["KEY_mem_read"] = attempt(read, f"/proc/{pid}/mem", "rb")
@@ -356,10 +355,9 @@ obs["KEY_fd_open"] = attempt(os.open, f"/proc/{pid}/fd/3", os.O_RDWR)
 obs["KEY_cwd"] = attempt(os.listdir, f"/proc/{pid}/cwd")
 obs["KEY_root"] = attempt(os.listdir, f"/proc/{pid}/root/tmp")
 "#,
-        ))
-        .await;
-    assert_all_refused(&obs, &[libc::EACCES, EPERM, libc::ENOENT, libc::EROFS]);
-    scene.assert_unharmed().await;
+        &[libc::EACCES, EPERM, libc::ENOENT, libc::EROFS],
+    )
+    .await;
 }
 
 /// The worker filter narrows calls to the caller itself, which must keep
@@ -684,4 +682,45 @@ report(one=sys_call(129, os.getpid(), int(signal.SIGRTMIN), ctypes.addressof(inf
     // The attacker's pending signals die with it: replace it with a fresh one.
     scene.attacker = scene.sb.acquire().await.expect("fresh attacker");
     scene.assert_unharmed().await;
+}
+
+/// A worker that uses up its process limit (RLIMIT_NPROC counts per uid)
+/// does not use up the zygote's: the sandbox still forks workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_at_its_process_limit_leaves_the_zygote_forking() {
+    let dir = world_readable_dir();
+    let csv = write_csv(dir.path(), "data.csv", SMALL_CSV);
+    let sb = Sandbox::start(options_with(&csv, |l| {
+        l.nproc = 12;
+        l.pids = 64;
+    }))
+    .await
+    .expect("sandbox starts");
+    let mut hog = sb.acquire().await.expect("hog");
+    let code = payload(
+        r#"
+import subprocess
+children, error = [], None
+while len(children) < 64:
+    try:
+        children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]))
+    except OSError as exc:
+        error = exc.errno
+        break
+HOLD = children
+report(children=len(children), error=error)
+"#,
+        &[],
+    );
+    let obs = observed(&exec(&mut hog, &code).await);
+    assert_eq!(
+        obs["error"],
+        libc::EAGAIN,
+        "the hog reached its limit: {obs}"
+    );
+    for _ in 0..3 {
+        assert_sandbox_healthy(&sb).await;
+    }
+    drop(hog);
+    sb.shutdown().await;
 }

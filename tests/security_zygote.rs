@@ -6,126 +6,23 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::attack::{
+    assert_answers, assert_sandbox_healthy, exec, host_pid_alive, jail_processes, observed,
+    random_secret, wait_until,
+};
 use common::*;
-use csv_agent::sandbox::{CellResult, Sandbox, SandboxError, Worker};
-use serde_json::Value;
+use csv_agent::sandbox::{Sandbox, SandboxError};
 
 // ------------------------------------------------------------------ helpers
 
-/// A fresh random marker; if it ever shows in a cell's output, the jail leaked.
-fn random_secret() -> String {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("reading /dev/urandom");
-    format!("SECRET-{}", hex::encode(bytes))
-}
-
-/// Helpers every payload starts with: `attempt(fn)` records a value or the
-/// error raised; `report(**obs)` prints the observations as one JSON line.
-const PRELUDE: &str = r#"
-import json, os, stat, sys
-
-def attempt(fn, *args, **kwargs):
-    try:
-        return {"ok": True, "value": fn(*args, **kwargs)}
-    except Exception as exc:
-        return {"ok": False, "type": type(exc).__name__, "errno": getattr(exc, "errno", None), "message": str(exc)}
-
-def report(**observations):
-    print(json.dumps(observations, default=repr))
-"#;
-
 fn payload(body: &str) -> String {
-    format!("{PRELUDE}\n{body}")
-}
-
-/// The JSON the payload printed last (the cell must have succeeded).
-fn observed(cell: &CellResult) -> Value {
-    assert_ok(cell);
-    let line = cell
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| panic!("the payload printed no JSON: {cell:#?}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON from the payload ({e}): {line}"))
-}
-
-async fn exec(worker: &mut Worker, code: &str) -> CellResult {
-    worker.exec(code).await.expect("the cell runs")
-}
-
-/// The worker answers a trivial cell.
-async fn assert_answers(worker: &mut Worker) {
-    let cell = exec(worker, "6 * 7").await;
-    assert_ok(&cell);
-    assert_eq!(cell.result.as_deref(), Some("42"), "{cell:#?}");
-}
-
-/// Host-side liveness: the pid exists and is neither a zombie nor stopped.
-fn host_pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .unwrap_or('?');
-    !matches!(state, 'Z' | 'X' | 'x' | 'T' | 't')
-}
-
-async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Outside: the zygote is alive on the host and forks a worker that answers.
-async fn assert_sandbox_healthy(sb: &Sandbox) {
-    let zygote = sb.zygote_host_pid().expect("the zygote has a host pid");
-    assert!(
-        host_pid_alive(zygote),
-        "the zygote (host pid {zygote}) is gone"
-    );
-    let mut fresh = sb.acquire().await.expect("the zygote forks a new worker");
-    assert_answers(&mut fresh).await;
-    assert!(
-        host_pid_alive(zygote),
-        "the zygote (host pid {zygote}) is gone"
-    );
-}
-
-/// Host pids of every process in the jail's pid namespace.
-fn jail_processes(sb: &Sandbox) -> Vec<u32> {
-    let zygote = sb.zygote_host_pid().expect("the zygote has a host pid");
-    let ns = std::fs::read_link(format!("/proc/{zygote}/ns/pid")).expect("the zygote's pid ns");
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-                .map(|l| l == ns)
-                .unwrap_or(false)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
+    common::attack::payload(body, &[])
 }
 
 /// The jail's `/scratch`, seen from the host through the zygote's root.
@@ -256,6 +153,7 @@ async fn locked_directories_and_symlinks_out_are_cleaned_up_without_following() 
             &payload(
                 r#"
 top = os.getcwd()
+os.umask(0o022)  # shared with the next task on purpose (each worker is a uid of its own)
 os.makedirs("/tmp/keep-dir/inner", exist_ok=True)
 open("/tmp/keep-dir/inner/keep.txt", "w").write("keep me")
 open("/tmp/keep.txt", "w").write("keep me too")
@@ -340,11 +238,17 @@ report(
 // task is gone, forks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_fork_failure_is_retried_and_the_zygote_lives_on() {
-    let (sb, _dir) = sandbox_with(|l| {
+    // Single-uid mode: there the zygote and its workers share one process
+    // count, which is how a worker can make a fork fail at all (with its own
+    // uid it cannot: tests/security_workers.rs).
+    let dir = world_readable_dir();
+    let csv = write_csv(dir.path(), "data.csv", SMALL_CSV);
+    let mut opts = options_with(&csv, |l| {
         l.nproc = 12;
         l.pids = 64;
-    })
-    .await;
+    });
+    opts.worker_uids = false;
+    let sb = Sandbox::start(opts).await.expect("sandbox starts");
     let zygote = sb.zygote_host_pid().expect("zygote pid");
     let mut hog = sb.acquire().await.expect("a worker");
     let obs = observed(

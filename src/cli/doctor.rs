@@ -17,8 +17,13 @@ const PROBE_CSV: &str = "a,b,label\n1,2.5,x\n2,3.5,y\n3,4.5,x\n";
 
 pub async fn run(args: DoctorArgs) -> Result<i32> {
     let image = super::image::ensure_image().await?;
-    let dir = tempfile_dir()?;
-    let csv = dir.join("doctor.csv");
+    // A fresh directory with a random name (created exclusively, 0700 until
+    // opened up below): nothing predictable in the shared temporary directory.
+    let dir = tempfile::Builder::new()
+        .prefix("csv-agent-doctor-")
+        .tempdir()?;
+    set_mode(dir.path(), 0o755)?;
+    let csv = dir.path().join("doctor.csv");
     std::fs::write(&csv, PROBE_CSV)?;
     // World-readable: the jail user must read it through the bind mount.
     set_mode(&csv, 0o644)?;
@@ -38,7 +43,7 @@ pub async fn run(args: DoctorArgs) -> Result<i32> {
         }
         Err(e) => failed_report(&format!("the jail did not start: {e}")),
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     print_report(&report, args.json)?;
     Ok(if report.all_active() {
         super::EXIT_OK
@@ -85,13 +90,6 @@ pub fn print_report(report: &IsolationReport, json: bool) -> Result<()> {
         println!("\n{missing} layer(s) not active: code runs only with --allow-degraded");
     }
     Ok(())
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("csv-agent-doctor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    set_mode(&dir, 0o755)?;
-    Ok(dir)
 }
 
 fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {

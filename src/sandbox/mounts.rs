@@ -79,6 +79,8 @@ pub enum MountError {
         #[source]
         source: nix::Error,
     },
+    #[error("{path} is no longer the file the supervisor checked (replaced between the check and the jail start); refusing it")]
+    Changed { path: PathBuf },
     #[error("creating {path} in the new root failed: {source}")]
     Create {
         path: PathBuf,
@@ -96,8 +98,15 @@ pub enum Source {
     Detached { tree: OwnedFd, is_dir: bool },
     /// Bound by path after the namespaces exist: an unprivileged caller may
     /// not clone mount trees, but then the jail user *is* the caller and walks
-    /// the same paths the caller could.
-    Path { path: PathBuf, is_dir: bool },
+    /// the same paths the caller could. With `expect`, the path is opened
+    /// without following a final symlink and must still be that (device,
+    /// inode): the file the supervisor checked through its descriptor (a
+    /// descriptor of the old mount namespace cannot be bound in the new one).
+    Path {
+        path: PathBuf,
+        is_dir: bool,
+        expect: Option<(u64, u64)>,
+    },
     /// An optional source this host does not have.
     Missing,
 }
@@ -128,6 +137,7 @@ pub fn open_sources(binds: &[Bind]) -> Result<Vec<Source>, MountError> {
                 Err(nix::Error::EPERM) => Ok(Source::Path {
                     path: b.source.clone(),
                     is_dir,
+                    expect: None,
                 }),
                 Err(source) => Err(MountError::Source {
                     path: b.source.clone(),
@@ -140,8 +150,8 @@ pub fn open_sources(binds: &[Bind]) -> Result<Vec<Source>, MountError> {
 
 /// A bind source given as an inherited descriptor: clone the mount of
 /// exactly that file (`open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE)`);
-/// an unprivileged caller binds `/proc/self/fd/<fd>` instead, which leads to
-/// the same inode.
+/// an unprivileged caller binds the path again in the new namespace, and
+/// only if it still leads to the descriptor's inode.
 fn open_fd_source(b: &Bind, fd: i32) -> Result<Source, MountError> {
     let err = |source| MountError::Source {
         path: b.source.clone(),
@@ -155,8 +165,9 @@ fn open_fd_source(b: &Bind, fd: i32) -> Result<Source, MountError> {
     match open_tree_at(fd, Path::new(""), libc::AT_EMPTY_PATH as libc::c_uint) {
         Ok(tree) => Ok(Source::Detached { tree, is_dir }),
         Err(nix::Error::EPERM) => Ok(Source::Path {
-            path: PathBuf::from(format!("/proc/self/fd/{fd}")),
+            path: b.source.clone(),
             is_dir,
+            expect: Some((st.st_dev, st.st_ino)),
         }),
         Err(source) => Err(err(source)),
     }
@@ -345,17 +356,28 @@ pub fn build_root(spec: &FsSpec, sources: &[Source]) -> Result<(), MountError> {
     let mut by_path: Vec<Option<OwnedFd>> = Vec::with_capacity(sources.len());
     for source in sources {
         by_path.push(match source {
-            Source::Path { path, .. } => Some(
-                nix::fcntl::open(
-                    path.as_path(),
-                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|source| MountError::Source {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
+            Source::Path { path, expect, .. } => {
+                use nix::fcntl::OFlag;
+                let flags = match expect {
+                    Some(_) => OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                    None => OFlag::O_PATH | OFlag::O_CLOEXEC,
+                };
+                let fd = nix::fcntl::open(path.as_path(), flags, nix::sys::stat::Mode::empty())
+                    .map_err(|source| MountError::Source {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if let Some((dev, ino)) = expect {
+                    let st = nix::sys::stat::fstat(&fd).map_err(|source| MountError::Source {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if (st.st_dev, st.st_ino) != (*dev, *ino) {
+                        return Err(MountError::Changed { path: path.clone() });
+                    }
+                }
+                Some(fd)
+            }
             _ => None,
         });
     }

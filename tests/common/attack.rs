@@ -51,11 +51,30 @@ pub fn payload(body: &str, vars: &[(&str, String)]) -> String {
     for (name, value) in vars {
         code = code.replace(&format!("@{name}@"), value);
     }
-    assert!(
-        !code.contains("@PID") && !code.contains("@SIB"),
-        "unfilled marker in {code}"
-    );
+    let unfilled = code.split('@').skip(1).step_by(2).any(|marker| {
+        !marker.is_empty() && marker.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    });
+    assert!(!unfilled, "unfilled marker in {code}");
     code
+}
+
+/// A fresh random marker; if it ever shows in a cell's output, the jail leaked.
+pub fn random_secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    format!("SECRET-{}", hex::encode(bytes))
+}
+
+/// An `attempt()` record that failed.
+pub fn assert_refused(obs: &Value, what: &str) {
+    assert_eq!(
+        obs["ok"],
+        Value::Bool(false),
+        "`{what}` should have failed inside the jail, it gave {obs}"
+    );
 }
 
 /// The JSON the payload printed last (the cell must have succeeded).
@@ -72,11 +91,7 @@ pub fn observed(cell: &CellResult) -> Value {
 
 /// An `attempt()`/`sys_call()` record that failed with one of these errnos.
 pub fn assert_refused_with(obs: &Value, what: &str, errnos: &[i32]) {
-    assert_eq!(
-        obs["ok"],
-        Value::Bool(false),
-        "`{what}` should have failed inside the jail, it gave {obs}"
-    );
+    assert_refused(obs, what);
     let errno = obs["errno"].as_i64().unwrap_or(-1);
     assert!(
         errnos.iter().any(|e| i64::from(*e) == errno),
@@ -142,4 +157,22 @@ pub async fn assert_sandbox_healthy(sb: &Sandbox) {
         host_pid_alive(zygote),
         "the zygote (host pid {zygote}) is gone"
     );
+}
+
+/// Host pids of every process in the jail's pid namespace (zombies included).
+pub fn jail_processes(sb: &Sandbox) -> Vec<u32> {
+    let zygote = sb.zygote_host_pid().expect("the zygote has a host pid");
+    let ns = std::fs::read_link(format!("/proc/{zygote}/ns/pid")).expect("the zygote's pid ns");
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .map(|l| l == ns)
+                .unwrap_or(false)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
