@@ -552,50 +552,60 @@ fn latency_bench(rt: &tokio::runtime::Runtime, csv: &Path, image: &image::Image)
         bare.push(ms(t.elapsed()));
     }
 
-    let (cold, acquire_spare, acquire_fresh, round_trip) = rt.block_on(async {
-        let mut cold = Vec::new();
-        for _ in 0..STARTS {
-            let t = Instant::now();
-            let sb = Sandbox::start(options(csv, image, 0)).await.expect("start");
-            cold.push(ms(t.elapsed()));
+    let (cold, acquire_spare, acquire_fresh, acquire_fresh_single, round_trip) =
+        rt.block_on(async {
+            let mut cold = Vec::new();
+            for _ in 0..STARTS {
+                let t = Instant::now();
+                let sb = Sandbox::start(options(csv, image, 0)).await.expect("start");
+                cold.push(ms(t.elapsed()));
+                sb.shutdown().await;
+            }
+
+            let sb = Sandbox::start(options(csv, image, 1)).await.expect("start");
+            let mut spare = Vec::new();
+            for _ in 0..30 {
+                // Let the refill finish so a spare is waiting.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let t = Instant::now();
+                let w = sb.acquire().await.expect("acquire");
+                spare.push(ms(t.elapsed()));
+                drop(w);
+            }
             sb.shutdown().await;
-        }
 
-        let sb = Sandbox::start(options(csv, image, 1)).await.expect("start");
-        let mut spare = Vec::new();
-        for _ in 0..30 {
-            // Let the refill finish so a spare is waiting.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            let t = Instant::now();
-            let w = sb.acquire().await.expect("acquire");
-            spare.push(ms(t.elapsed()));
+            let sb = Sandbox::start(options(csv, image, 0)).await.expect("start");
+            // The same fork in single-uid mode, alternated with the default one
+            // so both see the same machine: what a worker's own uid costs.
+            let mut single_opts = options(csv, image, 0);
+            single_opts.worker_uids = false;
+            let single = Sandbox::start(single_opts).await.expect("start");
+            let mut fresh = Vec::new();
+            let mut fresh_single = Vec::new();
+            for _ in 0..30 {
+                for (sandbox, times) in [(&sb, &mut fresh), (&single, &mut fresh_single)] {
+                    let t = Instant::now();
+                    let w = sandbox.acquire().await.expect("acquire");
+                    times.push(ms(t.elapsed()));
+                    drop(w);
+                }
+            }
+            single.shutdown().await;
+            let mut w = sb.acquire().await.expect("acquire");
+            for _ in 0..20 {
+                w.exec("1+1").await.expect("warm-up");
+            }
+            let mut rt = Vec::new();
+            for _ in 0..500 {
+                let t = Instant::now();
+                let c = w.exec("1+1").await.expect("cell");
+                rt.push(ms(t.elapsed()));
+                assert_eq!(c.result.as_deref(), Some("2"));
+            }
             drop(w);
-        }
-        sb.shutdown().await;
-
-        let sb = Sandbox::start(options(csv, image, 0)).await.expect("start");
-        let mut fresh = Vec::new();
-        for _ in 0..30 {
-            let t = Instant::now();
-            let w = sb.acquire().await.expect("acquire");
-            fresh.push(ms(t.elapsed()));
-            drop(w);
-        }
-        let mut w = sb.acquire().await.expect("acquire");
-        for _ in 0..20 {
-            w.exec("1+1").await.expect("warm-up");
-        }
-        let mut rt = Vec::new();
-        for _ in 0..500 {
-            let t = Instant::now();
-            let c = w.exec("1+1").await.expect("cell");
-            rt.push(ms(t.elapsed()));
-            assert_eq!(c.result.as_deref(), Some("2"));
-        }
-        drop(w);
-        sb.shutdown().await;
-        (cold, spare, fresh, rt)
-    });
+            sb.shutdown().await;
+            (cold, spare, fresh, fresh_single, rt)
+        });
 
     let mut t = String::new();
     let row = |t: &mut String, name: &str, s: &Stat| {
@@ -622,6 +632,11 @@ fn latency_bench(rt: &tokio::runtime::Runtime, csv: &Path, image: &image::Image)
         &stat(acquire_spare),
     );
     row(&mut t, "worker acquire, fresh fork", &stat(acquire_fresh));
+    row(
+        &mut t,
+        "worker acquire, fresh fork, single-uid mode",
+        &stat(acquire_fresh_single),
+    );
     row(&mut t, "cell round trip `1+1`", &stat(round_trip));
     let _ = writeln!(
         t,
