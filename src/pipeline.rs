@@ -185,6 +185,10 @@ pub struct DatasetSummary {
     /// Episodes whose programs disagreed (written, not verified).
     pub disagreements: u64,
     pub failures: Vec<Failure>,
+    /// Bindings whose reference answer was degenerate (NaN, infinite,
+    /// undefined), by "template: reason": neither episodes nor failures.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ineligible: std::collections::BTreeMap<String, u64>,
     /// Seconds spent on this dataset by the runs that produced it.
     pub elapsed: f64,
     /// What the model cost for this dataset in this run (LLM work only).
@@ -489,6 +493,18 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
                 reason: q.reason.clone().unwrap_or_default(),
             })
             .collect(),
+        ineligible: rows
+            .iter()
+            .filter(|q| q.status == "ineligible")
+            .fold(Default::default(), |mut by, q| {
+                let key = format!(
+                    "{}: {}",
+                    q.template.as_deref().unwrap_or("-"),
+                    q.reason.as_deref().unwrap_or("")
+                );
+                *by.entry(key).or_insert(0) += 1;
+                by
+            }),
         elapsed: row.elapsed,
         llm_usage: None,
     }
@@ -787,8 +803,13 @@ async fn load_or_make_questions(
         match outcome {
             Ok(q) => kept.push(q),
             Err(failure) => {
+                let status = if failure.is_ineligible() {
+                    "ineligible"
+                } else {
+                    "failed"
+                };
                 warn!(
-                    "question {} ({}): no ground truth: {}",
+                    "question {} ({}): no ground truth ({status}): {}",
                     q.id,
                     q.template_name.as_deref().unwrap_or("-"),
                     failure.reason
@@ -799,7 +820,7 @@ async fn load_or_make_questions(
                     question_id: q.id.clone(),
                     template: q.template_name.clone(),
                     difficulty: q.difficulty.as_str().to_string(),
-                    status: "failed".into(),
+                    status: status.into(),
                     stage: "ground_truth".into(),
                     reason: Some(failure.reason),
                     episode_id: None,
@@ -809,7 +830,7 @@ async fn load_or_make_questions(
                     .manifest
                     .record_question(&row)
                     .map_err(|e| e.to_string())?;
-                shared.reporter.question_finished(slug, "failed");
+                shared.reporter.question_finished(slug, status);
             }
         }
     }

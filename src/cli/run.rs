@@ -513,5 +513,8 @@ pub fn print_summary(summary: &RunSummary, questions_only: bool) {
                 f.reason
             );
         }
+        for (reason, n) in &d.ineligible {
+            println!("    ineligible ({n}): {reason}");
+        }
     }
 }

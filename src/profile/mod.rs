@@ -3,6 +3,9 @@
 //! column's kind — numeric, categorical, datetime, text or id-like — with its
 //! missing share and cardinality. Id-like columns (`id`, `*_id`, `uuid`,
 //! `Unnamed: 0`, or ≥ 98 % distinct integers or strings) are never targets.
+//! A date column carries the one explicit format it parses with (day first,
+//! month first, ISO; values stripped of surrounding spaces), so questions
+//! parse it the same way and say so.
 //!
 //! The computation is Python (`profile.py`, embedded) run as one cell, so it
 //! sees exactly the frame every task sees.
@@ -42,6 +45,19 @@ pub struct ColumnProfile {
     /// Rows of the rarest level of a categorical column (None otherwise).
     #[serde(default)]
     pub min_level_count: Option<u64>,
+    /// How a date column's text parses: strftime codes (`%d-%m-%Y`), applied
+    /// to the values stripped of surrounding spaces. A text column is a date
+    /// column only if one known format parses at least 90 % of its
+    /// non-missing values; None for other columns (and for a column pandas
+    /// already loaded as datetimes).
+    #[serde(default)]
+    pub date_format: Option<String>,
+    /// The same format in words for question texts ("day first, DD-MM-YYYY").
+    #[serde(default)]
+    pub date_format_name: Option<String>,
+    /// Share of the non-missing values that `date_format` parses.
+    #[serde(default)]
+    pub date_parsed_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

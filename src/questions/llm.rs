@@ -829,6 +829,9 @@ mod tests {
             min: None,
             max: None,
             min_level_count: None,
+            date_format: None,
+            date_format_name: None,
+            date_parsed_share: None,
         }
     }
 

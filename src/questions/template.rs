@@ -82,6 +82,11 @@ impl SlotSpec {
         if !column.target_ok || column.kind != self.kind.column_kind() {
             return false;
         }
+        // A date column binds only with the format it parses with, which
+        // the question states (`${slot_format}`).
+        if self.kind == SlotKind::Datetime && column.date_format.is_none() {
+            return false;
+        }
         let min_levels = self.min_levels.max(self.min_distinct);
         if min_levels.is_some_and(|m| column.cardinality < m) {
             return false;
@@ -126,6 +131,79 @@ pub struct Applies {
     pub needs_missing: bool,
 }
 
+/// A named set of columns (`[column_sets]`): every column of the profile
+/// that satisfies the filter, in column order, as `${name}` (a list). The
+/// question lists them, the programs use exactly them, and the template
+/// applies only when at least `min_columns` qualify — so "among the numeric
+/// columns" is decided on the same columns the program uses, and id-like
+/// columns (never in a set) cannot count.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSetSpec {
+    pub kind: SlotKind,
+    #[serde(default)]
+    pub min_distinct: Option<u64>,
+    #[serde(default)]
+    pub max_missing_share: Option<f64>,
+    #[serde(default)]
+    pub positive: bool,
+    /// The template applies only when at least this many columns qualify.
+    #[serde(default = "one")]
+    pub min_columns: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl ColumnSetSpec {
+    fn slot(&self) -> SlotSpec {
+        SlotSpec {
+            kind: self.kind,
+            min_levels: None,
+            max_levels: None,
+            min_distinct: self.min_distinct,
+            positive: self.positive,
+            has_missing: false,
+            max_missing_share: self.max_missing_share,
+            min_level_count: None,
+        }
+    }
+
+    /// The qualifying columns, in column order.
+    pub fn columns<'a>(&self, profile: &'a DataProfile) -> Vec<&'a str> {
+        let spec = self.slot();
+        profile
+            .column_profiles
+            .iter()
+            .filter(|c| spec.accepts(c))
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+}
+
+/// What a question's programs cost per row of the dataset (`[cost]`): the
+/// template binds only where `rows × bytes_per_row` fits in half a worker's
+/// memory limit (the other half is the worker's share of the frame, the
+/// interpreter and the program's other intermediates).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cost {
+    #[serde(default)]
+    pub bytes_per_row: u64,
+}
+
+impl Cost {
+    /// Whether the programs fit a worker with `memory_bytes` on `rows` rows.
+    pub fn fits(&self, rows: u64, memory_bytes: u64) -> bool {
+        rows.saturating_mul(self.bytes_per_row) <= memory_bytes / 2
+    }
+}
+
+/// The per-worker memory limit questions are sized for when the caller does
+/// not say (the sandbox's default limit).
+pub const DEFAULT_WORKER_MEMORY: u64 = 1 << 30;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TemplateFile {
@@ -143,6 +221,10 @@ struct TemplateFile {
     applies: Applies,
     #[serde(default)]
     slots: BTreeMap<String, SlotSpec>,
+    #[serde(default)]
+    column_sets: BTreeMap<String, ColumnSetSpec>,
+    #[serde(default)]
+    cost: Cost,
     #[serde(default)]
     params: Vec<Map<String, Value>>,
     steps: Vec<ProgramStep>,
@@ -163,6 +245,8 @@ pub struct Template {
     pub max_bindings: usize,
     pub applies: Applies,
     pub slots: BTreeMap<String, SlotSpec>,
+    pub column_sets: BTreeMap<String, ColumnSetSpec>,
+    pub cost: Cost,
     pub params: Vec<Map<String, Value>>,
     pub steps: Vec<ProgramStep>,
     pub alternatives: Vec<AlternativeProgram>,
@@ -233,7 +317,7 @@ impl Template {
                 ));
             }
             for (k, v) in set {
-                if t.slots.contains_key(k) {
+                if t.slots.contains_key(k) || t.column_sets.contains_key(k) {
                     return Err(invalid(format!("parameter `{k}` has a slot's name")));
                 }
                 python_literal(v).map_err(|e| invalid(format!("parameter `{k}`: {e}")))?;
@@ -244,8 +328,23 @@ impl Template {
             .iter()
             .map(|k| ((*k).clone(), Value::from(0)))
             .collect();
-        for slot in t.slots.keys() {
+        for (slot, spec) in &t.slots {
             known.insert(slot.clone(), Value::from("column"));
+            if spec.kind == SlotKind::Datetime {
+                known.insert(format!("{slot}_format"), Value::from("%Y-%m-%d"));
+                known.insert(format!("{slot}_format_name"), Value::from("ISO"));
+            }
+        }
+        for (set, spec) in &t.column_sets {
+            if t.slots.contains_key(set) {
+                return Err(invalid(format!("column set `{set}` has a slot's name")));
+            }
+            if spec.min_columns == 0 {
+                return Err(invalid(format!(
+                    "column set `{set}`: min_columns must be at least 1"
+                )));
+            }
+            known.insert(set.clone(), Value::from(vec!["column"]));
         }
         let mut texts: Vec<(&str, bool)> = vec![(&t.question, false), (&t.hint, false)];
         for s in &t.steps {
@@ -271,6 +370,8 @@ impl Template {
             max_bindings: t.max_bindings.unwrap_or(DEFAULT_MAX_BINDINGS),
             applies: t.applies,
             slots: t.slots,
+            column_sets: t.column_sets,
+            cost: t.cost,
             params: t.params,
             steps: t.steps,
             alternatives: t.alternatives,
@@ -285,6 +386,10 @@ impl Template {
             && count(ColumnKind::Categorical) >= a.min_categorical
             && count(ColumnKind::Datetime) >= a.min_datetime
             && (!a.needs_missing || profile.column_profiles.iter().any(|c| c.missing > 0))
+            && self
+                .column_sets
+                .values()
+                .all(|set| set.columns(profile).len() >= set.min_columns)
     }
 
     /// Every way to fill the slots with distinct columns, in a deterministic
@@ -338,16 +443,41 @@ impl Template {
             .collect()
     }
 
-    /// The template's questions on one dataset (no ground truth yet).
+    /// The template's questions on one dataset (no ground truth yet), for
+    /// workers with the default memory limit.
     pub fn instantiate(
         &self,
         profile: &DataProfile,
         dataset: &str,
         dataset_hash: &str,
     ) -> Vec<Question> {
-        if !self.applies_to(profile) {
+        self.instantiate_within(profile, dataset, dataset_hash, DEFAULT_WORKER_MEMORY)
+    }
+
+    /// The template's questions on one dataset for workers limited to
+    /// `memory_bytes`: none when the template's cost does not fit.
+    pub fn instantiate_within(
+        &self,
+        profile: &DataProfile,
+        dataset: &str,
+        dataset_hash: &str,
+        memory_bytes: u64,
+    ) -> Vec<Question> {
+        if !self.applies_to(profile) || !self.cost.fits(profile.rows, memory_bytes) {
             return Vec::new();
         }
+        let sets: BTreeMap<String, Value> = self
+            .column_sets
+            .iter()
+            .map(|(name, spec)| {
+                let columns: Vec<Value> = spec
+                    .columns(profile)
+                    .into_iter()
+                    .map(Value::from)
+                    .collect();
+                (name.clone(), Value::Array(columns))
+            })
+            .collect();
         let bindings = self.bindings(profile, dataset_hash);
         let params: Vec<Map<String, Value>> = if self.params.is_empty() {
             vec![Map::new()]
@@ -361,6 +491,17 @@ impl Template {
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
                     .collect();
+                for (slot, column) in binding {
+                    let Some(c) = profile.column_profiles.iter().find(|c| &c.name == column)
+                    else {
+                        continue;
+                    };
+                    if let (Some(f), Some(n)) = (&c.date_format, &c.date_format_name) {
+                        values.insert(format!("{slot}_format"), Value::from(f.as_str()));
+                        values.insert(format!("{slot}_format_name"), Value::from(n.as_str()));
+                    }
+                }
+                values.extend(sets.clone());
                 values.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
                 // Checked at load time; a failure here would be a bug, so
                 // the question is skipped rather than the run aborted.
@@ -542,6 +683,9 @@ pub fn fill(text: &str, values: &BTreeMap<String, Value>, code: bool) -> Result<
         } else {
             match value {
                 Value::String(s) => out.push_str(s),
+                // Lists read as Python lists (`["a", "b"]`), unambiguous
+                // whatever the column names hold.
+                Value::Array(_) => out.push_str(&python_literal(value)?),
                 other => out.push_str(&other.to_string()),
             }
         }
@@ -670,6 +814,9 @@ code = "submit(df[${x}].sum() / df[${x}].count())"
             min,
             max: None,
             min_level_count: None,
+            date_format: None,
+            date_format_name: None,
+            date_parsed_share: None,
         };
         DataProfile {
             rows: 100,
