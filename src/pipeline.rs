@@ -493,10 +493,9 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
                 reason: q.reason.clone().unwrap_or_default(),
             })
             .collect(),
-        ineligible: rows
-            .iter()
-            .filter(|q| q.status == "ineligible")
-            .fold(Default::default(), |mut by, q| {
+        ineligible: rows.iter().filter(|q| q.status == "ineligible").fold(
+            Default::default(),
+            |mut by, q| {
                 let key = format!(
                     "{}: {}",
                     q.template.as_deref().unwrap_or("-"),
@@ -504,7 +503,8 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
                 );
                 *by.entry(key).or_insert(0) += 1;
                 by
-            }),
+            },
+        ),
         elapsed: row.elapsed,
         llm_usage: None,
     }

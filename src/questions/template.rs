@@ -470,11 +470,8 @@ impl Template {
             .column_sets
             .iter()
             .map(|(name, spec)| {
-                let columns: Vec<Value> = spec
-                    .columns(profile)
-                    .into_iter()
-                    .map(Value::from)
-                    .collect();
+                let columns: Vec<Value> =
+                    spec.columns(profile).into_iter().map(Value::from).collect();
                 (name.clone(), Value::Array(columns))
             })
             .collect();
@@ -492,8 +489,7 @@ impl Template {
                     .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
                     .collect();
                 for (slot, column) in binding {
-                    let Some(c) = profile.column_profiles.iter().find(|c| &c.name == column)
-                    else {
+                    let Some(c) = profile.column_profiles.iter().find(|c| &c.name == column) else {
                         continue;
                     };
                     if let (Some(f), Some(n)) = (&c.date_format, &c.date_format_name) {
@@ -829,6 +825,86 @@ code = "submit(df[${x}].sum() / df[${x}].count())"
                 col("g", ColumnKind::Categorical, 3, None),
             ],
         }
+    }
+
+    fn named(name: &str) -> Template {
+        catalog()
+            .expect("catalog")
+            .into_iter()
+            .find(|t| t.name == name)
+            .expect("template")
+    }
+
+    #[test]
+    fn a_column_set_decides_eligibility_and_is_listed_in_the_text() {
+        let t = named("most_skewed_column");
+        // No numeric column has 10 distinct values: no question at all
+        // (the program would take the argmax of an empty sequence).
+        let mut p = profile();
+        for c in &mut p.column_profiles {
+            c.cardinality = 5;
+        }
+        assert!(t.instantiate(&p, "demo", "abc").is_empty());
+        let qs = t.instantiate(&profile(), "demo", "abc");
+        assert_eq!(qs.len(), 1);
+        // `id` is id-like: never listed, never in the code.
+        assert!(
+            qs[0].question_text.contains(r#"["a", "b"]"#),
+            "{}",
+            qs[0].question_text
+        );
+        let code = &qs[0].programs.as_ref().unwrap().reference[0].code;
+        assert!(code.contains(r#"df[["a", "b"]]"#), "{code}");
+    }
+
+    #[test]
+    fn the_bootstrap_binds_only_where_its_index_matrix_fits() {
+        let t = named("bootstrap_mean_ci");
+        assert_eq!(t.cost.bytes_per_row, 16_000);
+        let mut p = profile();
+        assert_eq!(t.instantiate(&p, "demo", "abc").len(), 2);
+        // 4 000 000 rows need 64 GB of index matrix: no question at 1 GiB,
+        // nor at 16 GiB.
+        p.rows = 4_000_000;
+        assert!(t.instantiate(&p, "demo", "abc").is_empty());
+        assert!(t.instantiate_within(&p, "demo", "abc", 16 << 30).is_empty());
+        // 40 000 rows: too many for 1 GiB (640 MB > 512 MiB), fine at 2 GiB.
+        p.rows = 40_000;
+        assert!(t.instantiate(&p, "demo", "abc").is_empty());
+        assert_eq!(t.instantiate_within(&p, "demo", "abc", 2 << 30).len(), 2);
+        assert!(Cost { bytes_per_row: 0 }.fits(u64::MAX, 1));
+    }
+
+    #[test]
+    fn date_slots_bind_only_columns_with_a_format_and_state_it() {
+        let t = named("monthly_peak");
+        let mut p = profile();
+        p.column_profiles.push(ColumnProfile {
+            name: "when".into(),
+            dtype: "str".into(),
+            kind: ColumnKind::Datetime,
+            missing: 0,
+            missing_share: 0.0,
+            cardinality: 90,
+            target_ok: true,
+            min: None,
+            max: None,
+            min_level_count: None,
+            date_format: None,
+            date_format_name: None,
+            date_parsed_share: None,
+        });
+        assert!(t.instantiate(&p, "demo", "abc").is_empty());
+        let when = p.column_profiles.last_mut().unwrap();
+        when.date_format = Some("%d-%m-%Y".into());
+        when.date_format_name = Some("day first, DD-MM-YYYY".into());
+        let qs = t.instantiate(&p, "demo", "abc");
+        assert!(!qs.is_empty());
+        assert!(qs[0]
+            .question_text
+            .contains("in the format %d-%m-%Y (day first, DD-MM-YYYY;"));
+        let code = &qs[0].programs.as_ref().unwrap().reference[0].code;
+        assert!(code.contains(r#""%d-%m-%Y""#), "{code}");
     }
 
     #[test]
