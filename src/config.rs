@@ -74,6 +74,19 @@ pub struct FileConfig {
     pub teacher: TeacherFile,
     #[serde(default)]
     pub questions: QuestionsFile,
+    #[serde(default)]
+    pub sandbox: SandboxFile,
+}
+
+/// `[sandbox]`: the worker limits of `run`, `questions` and `eval` (the
+/// flags `--memory` and `--cell-timeout` win).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFile {
+    /// Memory per worker, like `2G` or `512M`.
+    pub memory: Option<String>,
+    /// Wall-clock limit per cell, like `120s` or `5m`.
+    pub cell_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
@@ -208,6 +221,10 @@ n_consistency = { EASY = 1, MEDIUM = 2, HARD = 3, VERY_HARD = 4 }
 [questions]
 llm_questions = 20
 mix = { EASY = 0.25, MEDIUM = 0.25, HARD = 0.25, VERY_HARD = 0.25 }
+
+[sandbox]
+memory = "2G"
+cell_timeout = "120s"
 "#,
         )
         .unwrap();
@@ -215,6 +232,7 @@ mix = { EASY = 0.25, MEDIUM = 0.25, HARD = 0.25, VERY_HARD = 0.25 }
         assert_eq!(cfg.llm.model.as_deref(), Some("qwen"));
         assert_eq!(cfg.teacher.n_consistency.unwrap().very_hard, 4);
         assert_eq!(cfg.questions.llm_questions, Some(20));
+        assert_eq!(cfg.sandbox.memory.as_deref(), Some("2G"));
 
         std::fs::write(&path, "[llm]\nmodle = \"x\"\n").unwrap();
         let err = load_file(Some(&path)).unwrap_err().to_string();

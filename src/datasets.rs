@@ -325,6 +325,12 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DatasetError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
 
+/// The size of a CSV in bytes (0 when unreadable: the sandbox reports why),
+/// from which the worker limits are derived (`Limits::for_dataset`).
+pub fn csv_bytes(csv: &std::path::Path) -> u64 {
+    std::fs::metadata(csv).map(|m| m.len()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

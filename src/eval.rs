@@ -306,6 +306,9 @@ pub struct EvalSettings {
     pub allow_degraded: bool,
     /// The binary re-executed as the jail init (default: this executable).
     pub init_program: Option<PathBuf>,
+    /// Per-worker memory and cell timeout chosen; the rest is derived from
+    /// each CSV's size.
+    pub limits: crate::sandbox::LimitChoice,
 }
 
 /// How an evaluation reports progress (the CLI prints lines; tests say nothing).
@@ -439,6 +442,10 @@ async fn run_group(
         .map_err(|e| format!("no sandbox for {}: {e}", group.csv.display()))?;
     opts.allow_degraded = settings.allow_degraded;
     opts.spare_workers = settings.concurrency.clamp(1, 8);
+    opts.limits = crate::sandbox::Limits::for_dataset(
+        crate::datasets::csv_bytes(&group.csv),
+        settings.limits,
+    );
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }

@@ -26,7 +26,7 @@ use crate::llm::Chat;
 use crate::profile::{profile, DataProfile};
 use crate::questions::llm::{self as llm_questions, GenerationConfig};
 use crate::questions::{self, establish_ground_truth, Template};
-use crate::sandbox::{Image, Sandbox, SandboxOptions};
+use crate::sandbox::{Image, LimitChoice, Limits, Sandbox, SandboxOptions};
 use crate::schema::Usage;
 use crate::schema::{Episode, Question, Timing};
 use crate::store::{
@@ -112,6 +112,9 @@ pub struct RunSettings {
     pub init_program: Option<PathBuf>,
     /// Where questions come from.
     pub sources: QuestionSources,
+    /// Per-worker memory and cell timeout the user chose; the rest is
+    /// derived from each dataset's size (`Limits::for_dataset`).
+    pub limits: LimitChoice,
 }
 
 /// `--questions template|llm|all`.
@@ -541,6 +544,12 @@ async fn prepare_and_answer(
         SandboxOptions::new(&dataset.csv, settings.image.clone()).map_err(|e| e.to_string())?;
     opts.allow_degraded = settings.allow_degraded;
     opts.spare_workers = settings.question_concurrency.clamp(1, 8);
+    opts.limits = Limits::for_dataset(crate::datasets::csv_bytes(&dataset.csv), settings.limits);
+    info!(
+        "limits: {} MiB per worker, cell timeout {} s",
+        opts.limits.memory_bytes >> 20,
+        opts.limits.cell_timeout.as_secs()
+    );
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }
@@ -652,10 +661,11 @@ pub fn candidate_questions(
     hash: &str,
     max_questions: Option<usize>,
     shard: Option<Shard>,
+    worker_memory: u64,
 ) -> Vec<Question> {
     let per_template: Vec<Vec<Question>> = catalog
         .iter()
-        .map(|t| t.instantiate(data_profile, slug, hash))
+        .map(|t| t.instantiate_within(data_profile, slug, hash, worker_memory))
         .collect();
     let mut ordered = Vec::new();
     let depth = per_template.iter().map(Vec::len).max().unwrap_or(0);
@@ -775,6 +785,7 @@ async fn load_or_make_questions(
             hash,
             shared.settings.max_questions,
             shared.settings.shard,
+            sandbox.limits().memory_bytes,
         )
     } else {
         Vec::new()

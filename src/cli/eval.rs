@@ -40,6 +40,8 @@ pub struct EvalArgs {
     llm: LlmArgs,
     #[command(flatten)]
     agent: AgentArgs,
+    #[command(flatten)]
+    limits: super::run::LimitArgs,
 }
 
 /// One plain line per CSV and per scored episode, on stderr.
@@ -111,6 +113,7 @@ pub async fn run(args: EvalArgs) -> Result<i32> {
 
     let setup = model_setup(&args.llm, "eval").await?;
     let config = teacher_config(&args.agent, &setup.file)?;
+    let limits = args.limits.resolve(&setup.file)?;
     let image = super::image::ensure_image().await?;
     let model = crate::llm::Chat::model(setup.client.as_ref()).to_string();
     let settings = EvalSettings {
@@ -119,6 +122,7 @@ pub async fn run(args: EvalArgs) -> Result<i32> {
         image,
         allow_degraded: args.allow_degraded,
         init_program: None,
+        limits,
     };
     let meta = ReportMeta {
         model: model.clone(),
@@ -133,6 +137,8 @@ pub async fn run(args: EvalArgs) -> Result<i32> {
         plan.skipped.len(),
         args.concurrency
     );
+    let csvs: Vec<&std::path::Path> = plan.groups.iter().map(|g| g.csv.as_path()).collect();
+    eprintln!("csv-agent: {}", super::run::limits_line(limits, &csvs));
     let reporter = Lines {
         total: plan.scorable(),
         done: AtomicUsize::new(0),

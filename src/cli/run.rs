@@ -225,6 +225,93 @@ pub struct SelectArgs {
     /// ahead of the built-in catalog.
     #[arg(long)]
     templates: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Worker limits (flags over [sandbox] in csv-agent.toml over defaults
+/// derived from each dataset's size).
+#[derive(Debug, Args, Clone, Default)]
+pub struct LimitArgs {
+    /// Memory per worker, like 2G or 512M (default: 1 GiB, or 256 MiB + 6 ×
+    /// the CSV's size when more; or [sandbox] memory).
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Wall-clock limit per cell, like 120s or 5m (default: 60 s plus 30 s
+    /// per 100 MB of CSV; or [sandbox] cell_timeout).
+    #[arg(long, value_parser = parse_cell_timeout)]
+    pub cell_timeout: Option<std::time::Duration>,
+}
+
+/// `--memory`: a size of at least 256 MiB.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = crate::sandbox::parse_size(text)?;
+    if bytes < crate::sandbox::MIN_WORKER_MEMORY {
+        return Err(format!(
+            "`{text}` is below the smallest worker memory, 256M (the data stack alone needs about 100 MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `--cell-timeout`: a duration from 1 s to 24 h.
+pub fn parse_cell_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration (like 120s or 5m): {e}"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!("`{text}` must be between 1s and 24h"));
+    }
+    Ok(d)
+}
+
+impl LimitArgs {
+    /// The flags over `[sandbox]` of the configuration file.
+    pub fn resolve(&self, file: &crate::config::FileConfig) -> Result<crate::sandbox::LimitChoice> {
+        let memory = match (self.memory, &file.sandbox.memory) {
+            (Some(m), _) => Some(m),
+            (None, Some(text)) => Some(
+                parse_memory(text)
+                    .map_err(|e| anyhow::anyhow!("[sandbox] memory in csv-agent.toml: {e}"))?,
+            ),
+            (None, None) => None,
+        };
+        let cell_timeout =
+            match (self.cell_timeout, &file.sandbox.cell_timeout) {
+                (Some(t), _) => Some(t),
+                (None, Some(text)) => Some(parse_cell_timeout(text).map_err(|e| {
+                    anyhow::anyhow!("[sandbox] cell_timeout in csv-agent.toml: {e}")
+                })?),
+                (None, None) => None,
+            };
+        Ok(crate::sandbox::LimitChoice {
+            memory_bytes: memory,
+            cell_timeout,
+        })
+    }
+}
+
+/// "memory 1024 MiB per worker, cell timeout 60 s" for each distinct pair
+/// the datasets get, with how it was chosen.
+pub fn limits_line(choice: crate::sandbox::LimitChoice, csvs: &[&std::path::Path]) -> String {
+    let mut seen: Vec<(u64, u64)> = csvs
+        .iter()
+        .map(|csv| {
+            let l = crate::sandbox::Limits::for_dataset(crate::datasets::csv_bytes(csv), choice);
+            (l.memory_bytes >> 20, l.cell_timeout.as_secs())
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    let how = match (choice.memory_bytes, choice.cell_timeout) {
+        (Some(_), Some(_)) => "as given",
+        (None, None) => "derived from each CSV's size",
+        _ => "as given, the rest derived from each CSV's size",
+    };
+    let pairs: Vec<String> = seen
+        .iter()
+        .map(|(m, t)| format!("memory {m} MiB per worker, cell timeout {t} s"))
+        .collect();
+    format!("limits: {} ({how})", pairs.join("; "))
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +360,13 @@ fn cpus() -> usize {
         .unwrap_or(2)
 }
 
-async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSettings> {
+async fn settings(
+    select: SelectArgs,
+    questions_only: bool,
+    config: Option<&std::path::Path>,
+) -> Result<RunSettings> {
+    let file = crate::config::load_file(crate::config::config_path(config).as_deref())?;
+    let limits = select.limits.resolve(&file)?;
     let root = super::datasets::registry_dir(select.datasets);
     let registry = Registry::open(&root)?;
     let mut entries = registry.entries()?;
@@ -328,6 +421,7 @@ async fn settings(select: SelectArgs, questions_only: bool) -> Result<RunSetting
         templates: select.templates,
         init_program: None,
         sources: Default::default(),
+        limits,
     })
 }
 
@@ -372,7 +466,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         TeacherKind::Program => None,
         TeacherKind::Llm => Some(model_setup(&args.llm, "--teacher llm").await?),
     };
-    let mut settings = settings(args.select, false).await?;
+    let mut settings = settings(args.select, false, args.llm.config.as_deref()).await?;
     let teacher: Arc<dyn Teacher> = match setup {
         None => Arc::new(ProgramTeacher),
         Some(setup) => {
@@ -400,7 +494,7 @@ pub async fn questions(args: QuestionsArgs) -> Result<i32> {
         SourceKind::Template => None,
         _ => Some(model_setup(&args.llm, "--source llm").await?),
     };
-    let mut settings = settings(args.select, true).await?;
+    let mut settings = settings(args.select, true, args.llm.config.as_deref()).await?;
     if let Some(setup) = setup {
         settings.sources.llm = Some(pipeline::LlmQuestions {
             chat: setup.client.clone(),
@@ -425,6 +519,8 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         settings.jobs,
         out.display()
     );
+    let csvs: Vec<&std::path::Path> = settings.datasets.iter().map(|d| d.csv.as_path()).collect();
+    eprintln!("csv-agent: {}", limits_line(settings.limits, &csvs));
     let reporter: Arc<dyn Reporter> = Arc::from(super::progress::reporter());
     let summary = pipeline::run(settings, teacher, reporter).await?;
     print_summary(&summary, questions_only);

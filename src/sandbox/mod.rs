@@ -79,6 +79,49 @@ pub struct Limits {
     pub nproc: u64,
 }
 
+/// Per-worker memory and cell timeout a user chose (`--memory`,
+/// `--cell-timeout`, or `[sandbox]` in csv-agent.toml); what is None is
+/// derived from the dataset's size by [`Limits::for_dataset`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitChoice {
+    pub memory_bytes: Option<u64>,
+    pub cell_timeout: Option<Duration>,
+}
+
+/// The smallest per-worker memory limit accepted: the data stack alone
+/// takes about 100 MiB of a worker's share.
+pub const MIN_WORKER_MEMORY: u64 = 256 << 20;
+
+impl Limits {
+    /// The limits for a dataset whose CSV has `csv_bytes` bytes (the loaded
+    /// frame is about that size for numeric data and up to a few times it
+    /// for text). Per worker: 1 GiB, or 256 MiB + 6 × the CSV when that is
+    /// more (a task's intermediates are copies of columns of the frame: a
+    /// 205 MB CSV gets 1.4 GiB); the zygote's group: 4 GiB, or 8 × the
+    /// CSV; the cell timeout: 60 s plus 30 s per 100 MB of CSV. A choice
+    /// overrides its derived value.
+    pub fn for_dataset(csv_bytes: u64, choice: LimitChoice) -> Limits {
+        let base = Limits::default();
+        let derived_memory = base
+            .memory_bytes
+            .max((256 << 20) + csv_bytes.saturating_mul(6));
+        // Whole MiB, so the report reads cleanly.
+        let derived_memory = derived_memory.div_ceil(1 << 20) << 20;
+        let derived_timeout =
+            base.cell_timeout + Duration::from_secs(csv_bytes.saturating_mul(30) / 100_000_000);
+        let memory_bytes = choice.memory_bytes.unwrap_or(derived_memory);
+        Limits {
+            memory_bytes,
+            zygote_memory_bytes: base
+                .zygote_memory_bytes
+                .max(csv_bytes.saturating_mul(8))
+                .max(memory_bytes),
+            cell_timeout: choice.cell_timeout.unwrap_or(derived_timeout),
+            ..base
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -2153,6 +2196,26 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_grow_with_the_dataset_and_choices_override_them() {
+        let small = Limits::for_dataset(15_000, LimitChoice::default());
+        assert_eq!(small, Limits::default());
+        // The 205 MB CSV whose workers were OOM-killed at 1 GiB.
+        let big = Limits::for_dataset(205_000_000, LimitChoice::default());
+        assert_eq!(big.memory_bytes >> 20, 256 + 1173 + 1);
+        assert_eq!(big.cell_timeout, Duration::from_secs(60 + 61));
+        assert!(big.zygote_memory_bytes >= 4 << 30);
+        let chosen = Limits::for_dataset(
+            205_000_000,
+            LimitChoice {
+                memory_bytes: Some(3 << 30),
+                cell_timeout: Some(Duration::from_secs(5)),
+            },
+        );
+        assert_eq!(chosen.memory_bytes, 3 << 30);
+        assert_eq!(chosen.cell_timeout, Duration::from_secs(5));
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {
