@@ -108,9 +108,20 @@ pub struct LlmFile {
 pub struct TeacherFile {
     pub max_turns: Option<u32>,
     /// Consistency traces per difficulty: `{ EASY = 2, MEDIUM = 2, HARD = 4, VERY_HARD = 6 }`.
-    pub n_consistency: Option<crate::teacher::NConsistency>,
+    pub n_consistency: Option<NConsistencyFile>,
     /// Characters of conversation sent to the model before old outputs are elided.
     pub context_budget_chars: Option<usize>,
+}
+
+/// `[teacher] n_consistency`: consistency traces per difficulty (the CLI
+/// turns it into the teacher's own setting; config imports nothing above it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct NConsistencyFile {
+    pub easy: u32,
+    pub medium: u32,
+    pub hard: u32,
+    pub very_hard: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]

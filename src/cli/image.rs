@@ -60,3 +60,16 @@ pub async fn run(cmd: ImageCommand) -> Result<i32> {
     }
     Ok(super::EXIT_OK)
 }
+
+/// The image the environment names (`CSV_AGENT_PYTHON`,
+/// `CSV_AGENT_CACHE_DIR`, `CSV_AGENT_IMAGE`). Defined at the CLI
+/// edge, so neither `sandbox` nor `config` imports the other.
+impl crate::sandbox::image::ImageSpec {
+    pub fn from_env() -> Self {
+        crate::sandbox::image::ImageSpec {
+            python: crate::config::python(),
+            cache_dir: crate::config::cache_dir(),
+            prebuilt: crate::config::prebuilt_image(),
+        }
+    }
+}

@@ -86,6 +86,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    crate::sandbox::set_log_level(&std::env::var(crate::config::ENV_LOG).unwrap_or_default());
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

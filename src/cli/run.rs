@@ -155,7 +155,12 @@ pub fn teacher_config(
         config.agent.context_budget_chars = budget;
     }
     if let Some(n) = file.teacher.n_consistency {
-        config.n_consistency = n;
+        config.n_consistency = crate::teacher::NConsistency {
+            easy: n.easy,
+            medium: n.medium,
+            hard: n.hard,
+            very_hard: n.very_hard,
+        };
     }
     if let Some(n) = args.n_consistency {
         config.n_consistency = crate::teacher::NConsistency::fixed(n);

@@ -25,8 +25,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config;
-
 /// Pinned Python packages of the image; part of the image key.
 pub const REQUIREMENTS: &str = include_str!("../../sandbox-image/requirements.txt");
 
@@ -55,16 +53,6 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
-    /// The interpreter and cache directory named by the environment
-    /// (`CSV_AGENT_PYTHON`, `CSV_AGENT_CACHE_DIR`, see [`crate::config`]).
-    pub fn from_env() -> Self {
-        ImageSpec {
-            python: config::python(),
-            cache_dir: config::cache_dir(),
-            prebuilt: config::prebuilt_image(),
-        }
-    }
-
     fn images_dir(&self) -> PathBuf {
         self.cache_dir.join("images")
     }

@@ -294,20 +294,24 @@ enum Level {
     Debug,
 }
 
+static LOG_LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+
+/// How much the sandbox writes to stderr: `error`, `warn` (the default),
+/// `info` or `debug`. The caller passes its setting in once (the CLI reads
+/// `CSV_AGENT_LOG`); the sandbox reads no configuration of its own. A
+/// second call changes nothing.
+pub fn set_log_level(name: &str) {
+    let level = match name.trim().to_ascii_lowercase().as_str() {
+        "error" => Level::Error,
+        "info" => Level::Info,
+        "debug" | "trace" => Level::Debug,
+        _ => Level::Warn,
+    };
+    let _ = LOG_LEVEL.set(level);
+}
+
 fn log_level() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        match std::env::var(crate::config::ENV_LOG)
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "error" => Level::Error,
-            "info" => Level::Info,
-            "debug" | "trace" => Level::Debug,
-            _ => Level::Warn,
-        }
-    })
+    *LOG_LEVEL.get_or_init(|| Level::Warn)
 }
 
 fn log(level: Level, msg: &str) {
