@@ -575,6 +575,7 @@ fn settings(
         templates: None,
         init_program: Some(init_program()),
         sources: Default::default(),
+        recovery: Default::default(),
     }
 }
 

@@ -134,6 +134,7 @@ fn main() {
             templates: None,
             init_program: Some(init_program()),
             sources: Default::default(),
+            recovery: Default::default(),
         };
         let cpu_before = own_cpu();
         let t = Instant::now();
