@@ -229,6 +229,10 @@ pub enum SandboxError {
     WorkerScope { worker_id: u64, reason: String },
     #[error("worker {worker_id}: {detail}")]
     Worker { worker_id: u64, detail: String },
+    /// A worker could not be started for a reason outside any code: its
+    /// cgroup, its pidfd, or the worker gone before its first cell.
+    #[error("worker {worker_id} could not be started: {detail}")]
+    WorkerStart { worker_id: u64, detail: String },
     /// The worker died during a cell for a reason outside its code: a
     /// SIGKILL the supervisor did not send (no timeout) with no OOM event
     /// in its cgroup — another process, the host's OOM killer.
@@ -257,6 +261,7 @@ impl SandboxError {
             | SandboxError::Protocol(_)
             | SandboxError::ZygoteGone(_)
             | SandboxError::Fork { .. }
+            | SandboxError::WorkerStart { .. }
             | SandboxError::WorkerKilled { .. }
             | SandboxError::Timeout(..) => true,
             SandboxError::Dataset { .. }
@@ -1631,7 +1636,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
                     pids: shared.limits.pids,
                 },
             )
-            .map_err(|e| SandboxError::Worker {
+            .map_err(|e| SandboxError::WorkerStart {
                 worker_id,
                 detail: e.to_string(),
             })?,
@@ -1708,7 +1713,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             let host_pid = frame
                 .sender_pid
                 .and_then(|p| u32::try_from(p).ok())
-                .ok_or_else(|| SandboxError::Worker {
+                .ok_or_else(|| SandboxError::WorkerStart {
                     worker_id,
                     detail: format!("hello from jail pid {pid} carried no credentials"),
                 });
@@ -1747,14 +1752,14 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
         Ok(fd) if pidfd_inner_pid(&fd) == Some(ns_pid) => fd,
         Ok(_) => {
             cleanup(&group);
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: format!("host pid {host_pid} is no longer the worker (jail pid {ns_pid}): it exited before its first cell"),
             });
         }
         Err(e) => {
             cleanup(&group);
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: format!("pidfd_open({host_pid}): {e}"),
             });
@@ -1777,7 +1782,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     if let Some(g) = &worker.group {
         if let Err(e) = g.add(host_pid) {
             worker.kill();
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: e.to_string(),
             });
