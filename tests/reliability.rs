@@ -299,21 +299,37 @@ impl Kill {
     }
 }
 
+const GROUND_TRUTH_STARTS: &str = "establishing ground truth";
+
+/// Times ground truth was started in `out` (the log is appended to by
+/// every run).
+fn ground_truth_starts(out: &Path, slug: &str) -> usize {
+    log_text(out, slug).matches(GROUND_TRUTH_STARTS).count()
+}
+
+/// Wait until this run starts ground truth (`before`: the count of earlier runs).
+fn wait_for_ground_truth(child: &mut Child, out: &Path, slug: &str, before: usize) {
+    wait_for(child, "ground truth started", || {
+        ground_truth_starts(out, slug) > before
+    });
+}
+
 /// Kill once while ground truth is being computed, then at each
 /// (episodes written, what) point; returns the restarts caused.
+/// `gt_before`: ground-truth starts logged before this run.
+#[allow(clippy::too_many_arguments)]
 fn inject(
     child: &mut Child,
     out: &Path,
     slug: &str,
     rng: &mut Rng,
+    gt_before: usize,
     during_ground_truth: Option<Kill>,
     plan: &[(usize, Kill)],
 ) -> usize {
     let mut restarts = 0;
     if let Some(kill) = during_ground_truth {
-        wait_for(child, "ground truth started", || {
-            log_text(out, slug).contains("establishing ground truth")
-        });
+        wait_for_ground_truth(child, out, slug, gt_before);
         std::thread::sleep(Duration::from_millis(rng.range(50, 300)));
         let jail = live_jail(child, out, slug, restarts);
         eprintln!("during ground truth: {kill:?} {jail:?}");
@@ -384,6 +400,7 @@ fn killing_the_zygote_the_monitor_and_workers_changes_no_episode() {
         &out,
         "penguins",
         &mut rng,
+        0,
         Some(Kill::Zygote),
         &[(k1, Kill::Workers), (k2, Kill::Monitor), (k3, Kill::Zygote)],
     );
@@ -435,21 +452,22 @@ fn a_run_killed_during_ground_truth_and_one_out_of_restarts_complete_on_rerun() 
 
     // 1. The whole run killed while ground truth is computed.
     let mut child = spawn(&args);
-    wait_for(&mut child, "ground truth started", || {
-        log_text(&out, "penguins").contains("establishing ground truth")
-    });
+    wait_for_ground_truth(&mut child, &out, "penguins", 0);
     std::thread::sleep(Duration::from_millis(rng.range(50, 300)));
     child.kill().expect("SIGKILL the run");
     let _ = child.wait();
 
     // 2. The same command; its zygote killed during ground truth, no
     // restart allowed: the run ends with infrastructure failures.
+    let before = ground_truth_starts(&out, "penguins");
+    assert_eq!(before, 1);
     let mut child = spawn(&args);
     inject(
         &mut child,
         &out,
         "penguins",
         &mut rng,
+        before,
         Some(Kill::Zygote),
         &[],
     );
@@ -507,6 +525,8 @@ fn llm_args(out: &Path, url: &str) -> Vec<String> {
         "scripted-model",
         "--base-url",
         url,
+        "--questions",
+        "template",
         "--n-consistency",
         "1",
         "--max-turns",
@@ -551,6 +571,7 @@ fn the_llm_teacher_survives_kills_with_the_same_episodes() {
         &out,
         "penguins",
         &mut rng,
+        0,
         None,
         &[(k1, Kill::Zygote), (k2, Kill::Workers)],
     );
