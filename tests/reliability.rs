@@ -653,6 +653,25 @@ async fn a_worker_killed_by_its_code_is_a_cell_and_one_killed_from_outside_is_in
         ]
     );
 
+    // Killed from outside while idle, between two cells of the task: its
+    // state is gone, so the next cell is an infrastructure error too (not
+    // a silent fresh worker).
+    let c = task.run_cell("state = 7").await.expect("cell");
+    assert_eq!(c.status, CellStatus::Ok, "{c:#?}");
+    let pid = task.worker().expect("worker").host_pid;
+    sigkill(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e = task
+        .run_cell("state")
+        .await
+        .expect_err("a worker killed between cells is not a cell");
+    assert!(
+        matches!(e, SandboxError::WorkerKilled { host_pid, .. } if host_pid == pid),
+        "{e}"
+    );
+    let c = task.run_cell("1 + 2").await.expect("cell");
+    assert_eq!(c.result.as_deref(), Some("3"));
+
     // The zygote killed from outside during a cell.
     let zygote = sb.zygote_host_pid().expect("zygote pid");
     let killer = tokio::spawn(async move {

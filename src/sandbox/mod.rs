@@ -1919,6 +1919,43 @@ impl Worker {
             .unwrap_or(false)
     }
 
+    /// Why a worker that died while idle (after cell `cell`) is an
+    /// infrastructure loss: SIGKILLed with no OOM event, or its zygote
+    /// gone. `None` when its own code may have done it (another signal or
+    /// an exit from a thread it left running).
+    fn idle_loss(&self, cell: u64) -> Option<SandboxError> {
+        if let Some(reason) = self.shared.zygote_gone.lock().ok().and_then(|g| g.clone()) {
+            return Some(SandboxError::ZygoteGone(reason));
+        }
+        let exit = self
+            .shared
+            .exits
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&self.id).copied());
+        let oom = self
+            .group
+            .as_ref()
+            .map(|g| g.oom_kills() > 0)
+            .unwrap_or(false);
+        match exit {
+            Some(ExitInfo {
+                signal: Some(libc::SIGKILL),
+                ..
+            }) if !oom => {
+                let detail = "SIGKILL between cells, with no OOM event in its cgroup".to_string();
+                self.record_incident(cell, &detail);
+                Some(SandboxError::WorkerKilled {
+                    worker_id: self.id,
+                    host_pid: self.host_pid,
+                    cell,
+                    detail,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes charged to this worker's cgroup (what it allocated itself).
     pub fn cgroup_memory(&self) -> Option<u64> {
         self.group.as_ref().and_then(|g| g.memory_usage())
@@ -2212,7 +2249,13 @@ impl Task {
     pub async fn run_cell(&mut self, code: &str) -> Result<CellResult, SandboxError> {
         let worker = match self.worker.take() {
             Some(w) if w.is_alive() => w,
-            Some(_) => {
+            Some(w) => {
+                // It died while idle, between cells: no code of the task
+                // was running. Killed from outside (or the zygote gone),
+                // the task's state is lost to the infrastructure.
+                if let Some(e) = w.idle_loss(self.cells) {
+                    return Err(e);
+                }
                 self.restarts += 1;
                 self.sandbox.acquire().await?
             }
