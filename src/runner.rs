@@ -19,7 +19,7 @@ pub struct Infra {
     /// The trace it happened in.
     pub label: String,
     #[source]
-    pub source: SandboxError,
+    pub source: Box<SandboxError>,
 }
 
 impl Infra {
@@ -29,7 +29,7 @@ impl Infra {
         if e.is_infrastructure() {
             Err(Infra {
                 label: label.to_string(),
-                source: e,
+                source: Box::new(e),
             })
         } else {
             Ok(e)
