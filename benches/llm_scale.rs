@@ -576,6 +576,7 @@ fn settings(
         init_program: Some(init_program()),
         sources: Default::default(),
         limits: Default::default(),
+        recovery: Default::default(),
     }
 }
 

@@ -135,6 +135,7 @@ fn main() {
             init_program: Some(init_program()),
             sources: Default::default(),
             limits: Default::default(),
+            recovery: Default::default(),
         };
         let cpu_before = own_cpu();
         let t = Instant::now();

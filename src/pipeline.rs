@@ -21,12 +21,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn, Instrument};
 
+mod health;
+
+pub use health::{Exhausted, Incidents, Jail, Recovery};
+
 use crate::datasets::Dataset;
 use crate::llm::Chat;
 use crate::profile::{profile, DataProfile};
 use crate::questions::llm::{self as llm_questions, GenerationConfig};
-use crate::questions::{self, establish_ground_truth, Template};
-use crate::sandbox::{Image, LimitChoice, Limits, Sandbox, SandboxOptions};
+use crate::questions::{self, establish_ground_truth, GroundTruthError, Template};
+use crate::sandbox::{Image, LimitChoice, Limits, SandboxOptions};
 use crate::schema::Usage;
 use crate::schema::{Episode, Question, Timing};
 use crate::store::{
@@ -115,6 +119,8 @@ pub struct RunSettings {
     /// Per-worker memory and cell timeout the user chose; the rest is
     /// derived from each dataset's size (`Limits::for_dataset`).
     pub limits: LimitChoice,
+    /// Sandbox restarts and retries after infrastructure failures.
+    pub recovery: Recovery,
 }
 
 /// `--questions template|llm|all`.
@@ -197,6 +203,9 @@ pub struct DatasetSummary {
     /// What the model cost for this dataset in this run (LLM work only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_usage: Option<Usage>,
+    /// Restarts, workers lost, OOM kills, timeouts and retries in this run.
+    #[serde(default)]
+    pub incidents: Incidents,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +223,9 @@ pub struct RunSummary {
     /// failed; the questions not done are left for the next run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The datasets' incidents of this run, summed.
+    #[serde(default)]
+    pub incidents: Incidents,
 }
 
 impl RunSummary {
@@ -260,6 +272,8 @@ struct Shared {
     written: std::sync::Mutex<HashSet<String>>,
     /// Model usage of this run, per dataset slug.
     usage: std::sync::Mutex<std::collections::BTreeMap<String, Usage>>,
+    /// Incidents of this run, per dataset slug.
+    incidents: std::sync::Mutex<std::collections::BTreeMap<String, Incidents>>,
     /// The first model failure (unreachable after retries, or refused):
     /// from then on no new question starts; they are left for a rerun.
     model_failure: std::sync::Mutex<Option<String>>,
@@ -315,6 +329,7 @@ pub async fn run(
         manifest,
         written: std::sync::Mutex::new(written),
         usage: Default::default(),
+        incidents: Default::default(),
         model_failure: Default::default(),
         settings,
     });
@@ -347,11 +362,21 @@ pub async fn run(
     }
     summaries.sort_by(|a, b| a.dataset.cmp(&b.dataset));
     let usage = shared.usage.lock().map(|m| m.clone()).unwrap_or_default();
+    let incidents = shared
+        .incidents
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
     let mut total = Usage::default();
+    let mut total_incidents = Incidents::default();
     for d in summaries.iter_mut() {
         if let Some(u) = usage.get(&d.dataset) {
             total.add(u);
             d.llm_usage = Some(*u);
+        }
+        if let Some(i) = incidents.get(&d.dataset) {
+            total_incidents.add(i);
+            d.incidents = *i;
         }
     }
     let summary = RunSummary {
@@ -369,6 +394,7 @@ pub async fn run(
         verified: summaries.iter().map(|d| d.verified).sum(),
         datasets: summaries,
         elapsed: started.elapsed().as_secs_f64(),
+        incidents: total_incidents,
     };
     write_summary(&shared.settings.out, &summary)?;
     Ok(summary)
@@ -430,7 +456,9 @@ async fn run_dataset(shared: &Shared, dataset: &Dataset) -> DatasetSummary {
             let row = DatasetRow {
                 slug: slug.clone(),
                 dataset_hash: Some(hash),
-                questions_key: Some(key),
+                // None when some ground truth was cut short by the
+                // infrastructure: the next run makes the questions again.
+                questions_key: key,
                 status: "done".into(),
                 reason: None,
                 n_questions: n as u64,
@@ -510,16 +538,17 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
         ),
         elapsed: row.elapsed,
         llm_usage: None,
+        incidents: Incidents::default(),
     }
 }
 
-/// Returns (dataset hash, questions key, number of questions) or the reason
-/// the dataset cannot be used.
+/// Returns (dataset hash, questions key if the questions file is complete,
+/// number of questions) or the reason the dataset cannot be used.
 async fn prepare_and_answer(
     shared: &Shared,
     dataset: &Dataset,
     started: Instant,
-) -> Result<(String, String, usize), String> {
+) -> Result<(String, Option<String>, usize), String> {
     let settings = &shared.settings;
     let slug = &dataset.slug;
     let hash = dataset_hash(&dataset.csv)
@@ -536,7 +565,7 @@ async fn prepare_and_answer(
             if qs.iter().all(|q| is_done(shared, &fingerprint(q, teacher))) {
                 info!("all {} questions already done", qs.len());
                 shared.reporter.dataset_started(slug, qs.len(), qs.len());
-                return Ok((hash.clone(), questions_key(shared, &hash), qs.len()));
+                return Ok((hash.clone(), Some(questions_key(shared, &hash)), qs.len()));
             }
         }
     }
@@ -553,7 +582,10 @@ async fn prepare_and_answer(
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }
-    let sandbox = Sandbox::start(opts).await.map_err(|e| e.to_string())?;
+    let jail = Jail::start(opts, settings.recovery)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, sandbox) = jail.current().await;
     info!(
         "sandbox {} ready in {:.1} s: {} rows x {} columns",
         sandbox.id(),
@@ -561,18 +593,52 @@ async fn prepare_and_answer(
         sandbox.zygote().rows,
         sandbox.zygote().columns
     );
-    let result = answer_dataset(shared, dataset, &sandbox, &hash).await;
-    sandbox.shutdown().await;
+    drop(sandbox);
+    let result = answer_dataset(shared, dataset, &jail, &hash).await;
+    jail.harvest_faults().await;
+    if let Ok(mut map) = shared.incidents.lock() {
+        map.insert(dataset.slug.clone(), jail.incidents());
+    }
+    jail.shutdown().await;
     result.map(|(key, n)| (hash, key, n))
+}
+
+/// Profile the dataset, retrying in a new sandbox after an infrastructure
+/// failure.
+async fn profile_dataset(jail: &Jail) -> Result<DataProfile, String> {
+    let mut attempt = 1;
+    loop {
+        let (generation, sandbox) = jail.current().await;
+        let mut task = sandbox.task();
+        let outcome = profile(&mut task).await;
+        drop(task);
+        match outcome {
+            Ok(p) => return Ok(p),
+            Err(crate::profile::ProfileError::Sandbox(e)) if e.is_infrastructure() => {
+                jail.lost("profile", &e);
+                if attempt > jail.recovery().max_retries {
+                    return Err(format!(
+                        "profiling failed {attempt} times on infrastructure failures; last: {e}"
+                    ));
+                }
+                jail.recover(generation).await.map_err(|x| x.to_string())?;
+                attempt += 1;
+                jail.retry("profile", attempt);
+            }
+            Err(e) => return Err(format!("profiling failed: {e}")),
+        }
+    }
 }
 
 async fn answer_dataset(
     shared: &Shared,
     dataset: &Dataset,
-    sandbox: &Sandbox,
+    jail: &Jail,
     hash: &str,
-) -> Result<(String, usize), String> {
-    let ready = sandbox.zygote();
+) -> Result<(Option<String>, usize), String> {
+    let (_, sandbox) = jail.current().await;
+    let ready = sandbox.zygote().clone();
+    drop(sandbox);
     if ready.rows == 0 {
         return Err(
             "the file has a header but no data rows; add rows or remove the dataset".into(),
@@ -584,13 +650,10 @@ async fn answer_dataset(
             ready.columns, ready.separator
         ));
     }
-    let mut task = sandbox.task();
-    let data_profile = profile(&mut task)
-        .await
-        .map_err(|e| format!("profiling failed: {e}"))?;
-    drop(task);
-    let questions = load_or_make_questions(shared, dataset, sandbox, hash, &data_profile).await?;
-    let key = questions_key(shared, hash);
+    let data_profile = profile_dataset(jail).await?;
+    let (questions, complete) =
+        load_or_make_questions(shared, dataset, jail, hash, &data_profile).await?;
+    let key = complete.then(|| questions_key(shared, hash));
     let n = questions.len();
     if shared.settings.questions_only {
         return Ok((key, n));
@@ -614,7 +677,7 @@ async fn answer_dataset(
     shared.reporter.dataset_started(&dataset.slug, n, already);
     let concurrency = shared.settings.question_concurrency.max(1);
     let outcomes: Vec<Result<(), String>> = stream::iter(todo)
-        .map(|(fp, q)| answer_question(shared, dataset, sandbox, &data_profile, fp, q))
+        .map(|(fp, q)| answer_question(shared, dataset, jail, &data_profile, fp, q))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -718,19 +781,22 @@ fn is_done(shared: &Shared, fingerprint: &str) -> bool {
             .is_some_and(|r| store::DONE.contains(&r.status.as_str()))
 }
 
+/// The dataset's questions, and whether the set is complete (no ground
+/// truth was cut short by the infrastructure; an incomplete set is not
+/// reused by the next run).
 async fn load_or_make_questions(
     shared: &Shared,
     dataset: &Dataset,
-    sandbox: &Sandbox,
+    jail: &Jail,
     hash: &str,
     data_profile: &DataProfile,
-) -> Result<Vec<Question>, String> {
+) -> Result<(Vec<Question>, bool), String> {
     let slug = &dataset.slug;
     let path = questions_path(&shared.settings.out, slug);
     let key = questions_key(shared, hash);
     if let Some(qs) = reusable_questions(shared, slug, hash) {
         info!("reusing {} questions from {}", qs.len(), path.display());
-        return Ok(qs);
+        return Ok((qs, true));
     }
     // Model questions first: if the model fails, little work is lost.
     let mut generated = Vec::new();
@@ -744,9 +810,10 @@ async fn load_or_make_questions(
                 llm.chat.model(),
                 llm.config.n_questions
             );
+            let (_, sandbox) = jail.current().await;
             match llm_questions::generate(
                 llm.chat.as_ref(),
-                sandbox,
+                &sandbox,
                 data_profile,
                 slug,
                 hash,
@@ -785,7 +852,7 @@ async fn load_or_make_questions(
             hash,
             shared.settings.max_questions,
             shared.settings.shard,
-            sandbox.limits().memory_bytes,
+            jail.current().await.1.limits().memory_bytes,
         )
     } else {
         Vec::new()
@@ -800,20 +867,49 @@ async fn load_or_make_questions(
         .remove_questions_of(slug)
         .map_err(|e| e.to_string())?;
     let concurrency = shared.settings.question_concurrency.max(1);
-    let results: Vec<(Question, Result<Question, questions::QuestionFailure>)> =
-        stream::iter(candidates)
-            .map(|q| async move {
-                let outcome = establish_ground_truth(sandbox, q.clone()).await;
-                (q, outcome)
-            })
-            .buffered(concurrency)
-            .collect()
-            .await;
+    let results: Vec<(Question, Result<Question, GroundTruthError>)> = stream::iter(candidates)
+        .map(|q| async move {
+            let outcome = ground_truth_with_retries(jail, q.clone()).await;
+            (q, outcome)
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
     let mut kept = Vec::new();
+    let mut complete = true;
     for (q, outcome) in results {
         match outcome {
             Ok(q) => kept.push(q),
-            Err(failure) => {
+            Err(GroundTruthError::Infrastructure(e)) => {
+                // Not a fact about the question: recorded as failed for this
+                // run (with the reason), never stored as its ground truth;
+                // the questions file is not reused, so the next run
+                // computes it again.
+                complete = false;
+                warn!(
+                    "question {} ({}): ground truth cut short by the infrastructure: {e}",
+                    q.id,
+                    q.template_name.as_deref().unwrap_or("-"),
+                );
+                let row = QuestionRow {
+                    fingerprint: fingerprint(&q, shared.teacher.as_ref()),
+                    dataset: slug.clone(),
+                    question_id: q.id.clone(),
+                    template: q.template_name.clone(),
+                    difficulty: q.difficulty.as_str().to_string(),
+                    status: "failed".into(),
+                    stage: "infrastructure".into(),
+                    reason: Some(format!("ground truth not established: {e}")),
+                    episode_id: None,
+                    elapsed: 0.0,
+                };
+                shared
+                    .manifest
+                    .record_question(&row)
+                    .map_err(|e| e.to_string())?;
+                shared.reporter.question_finished(slug, "failed");
+            }
+            Err(GroundTruthError::Failure(failure)) => {
                 let status = if failure.is_ineligible() {
                     "ineligible"
                 } else {
@@ -847,26 +943,52 @@ async fn load_or_make_questions(
     }
     kept.extend(generated);
     store::write_jsonl_atomic(&path, &kept).map_err(|e| e.to_string())?;
-    // The key is recorded now, so a killed run reuses these questions.
+    // The key is recorded now, so a killed run reuses these questions
+    // (unless some are missing for lack of a sandbox).
     shared
         .manifest
         .record_dataset(&DatasetRow {
             slug: slug.clone(),
             dataset_hash: Some(hash.to_string()),
-            questions_key: Some(key),
+            questions_key: complete.then_some(key),
             status: "running".into(),
             reason: None,
             n_questions: kept.len() as u64,
             elapsed: 0.0,
         })
         .map_err(|e| e.to_string())?;
-    Ok(kept)
+    Ok((kept, complete))
+}
+
+/// Ground truth of one question, run again in a healthy sandbox after an
+/// infrastructure failure (at most `max_retries` times).
+async fn ground_truth_with_retries(
+    jail: &Jail,
+    question: Question,
+) -> Result<Question, GroundTruthError> {
+    let mut attempt = 1;
+    loop {
+        let (generation, sandbox) = jail.current().await;
+        match establish_ground_truth(&sandbox, question.clone()).await {
+            Err(GroundTruthError::Infrastructure(e)) => {
+                let what = format!("ground truth of {}", question.id);
+                jail.lost(&what, &e);
+                if attempt > jail.recovery().max_retries || jail.recover(generation).await.is_err()
+                {
+                    return Err(GroundTruthError::Infrastructure(e));
+                }
+                attempt += 1;
+                jail.retry(&what, attempt);
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn answer_question(
     shared: &Shared,
     dataset: &Dataset,
-    sandbox: &Sandbox,
+    jail: &Jail,
     data_profile: &DataProfile,
     fingerprint: String,
     question: Question,
@@ -874,21 +996,55 @@ async fn answer_question(
     let started = Instant::now();
     let slug = &dataset.slug;
     let teacher = shared.teacher.as_ref();
-    if shared.model_failed().is_some() {
-        // Left undone (no mark at all): the next run takes it up.
-        return Ok(());
-    }
-    let run = match teacher.answer(sandbox, &question, data_profile).await {
-        Ok(run) => run,
-        Err(e) => {
-            let stage = match &e {
-                TeacherError::Model { error, usage, .. } => {
-                    shared.add_usage(slug, usage);
-                    shared.record_model_failure(error);
-                    "model"
+    let mut attempt = 1;
+    let outcome = loop {
+        if shared.model_failed().is_some() {
+            // Left undone (no mark at all): the next run takes it up.
+            return Ok(());
+        }
+        let (generation, sandbox) = jail.current().await;
+        let outcome = teacher.answer(&sandbox, &question, data_profile).await;
+        drop(sandbox);
+        jail.harvest_faults().await;
+        match outcome {
+            Err(TeacherError::Infrastructure { error, usage, id }) => {
+                // Never an episode: run the question again in a healthy
+                // sandbox, within the retry and restart budgets.
+                shared.add_usage(slug, &usage);
+                jail.lost(&id, &error);
+                let gave_up = if attempt > jail.recovery().max_retries {
+                    Some(format!(
+                        "{attempt} attempts failed on the infrastructure; last: {error}"
+                    ))
+                } else {
+                    jail.recover(generation)
+                        .await
+                        .err()
+                        .map(|x| format!("{x} (while answering: {error})"))
+                };
+                if let Some(reason) = gave_up {
+                    break Err(("infrastructure", format!("question {id}: {reason}")));
                 }
-                _ => "teacher",
-            };
+                attempt += 1;
+                jail.retry(&id, attempt);
+            }
+            Ok(run) => break Ok(run),
+            Err(e) => {
+                let stage = match &e {
+                    TeacherError::Model { error, usage, .. } => {
+                        shared.add_usage(slug, usage);
+                        shared.record_model_failure(error);
+                        "model"
+                    }
+                    _ => "teacher",
+                };
+                break Err((stage, e.to_string()));
+            }
+        }
+    };
+    let run = match outcome {
+        Ok(run) => run,
+        Err((stage, e)) => {
             let row = QuestionRow {
                 fingerprint,
                 dataset: slug.clone(),

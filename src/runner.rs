@@ -6,8 +6,36 @@
 use std::time::Instant;
 
 use crate::answers::answer_hash;
-use crate::sandbox::{CellResult, CellStatus, Sandbox};
+use crate::sandbox::{CellResult, CellStatus, Sandbox, SandboxError};
 use crate::schema::{Execution, Hook, ProgramStep, Programs, Trace, Turn};
+
+/// An infrastructure failure met while running a trace (see
+/// [`SandboxError::is_infrastructure`]): the sandbox or the worker was lost
+/// for a reason outside the program. Never part of a trace: the trace is
+/// run again in a healthy sandbox.
+#[derive(Debug, thiserror::Error)]
+#[error("infrastructure failure in {label}: {source}")]
+pub struct Infra {
+    /// The trace it happened in.
+    pub label: String,
+    #[source]
+    pub source: Box<SandboxError>,
+}
+
+impl Infra {
+    /// `Ok(e)` back when `e` is not an infrastructure failure (a fact about
+    /// the setup that belongs in the trace).
+    pub fn classify(label: &str, e: SandboxError) -> Result<SandboxError, Infra> {
+        if e.is_infrastructure() {
+            Err(Infra {
+                label: label.to_string(),
+                source: Box::new(e),
+            })
+        } else {
+            Ok(e)
+        }
+    }
+}
 
 /// The execution record of one cell.
 pub fn execution(cell: &CellResult) -> Execution {
@@ -43,8 +71,13 @@ pub fn error_summary(cell: &CellResult) -> String {
 }
 
 /// Run `steps` in order in one fresh worker; stop at the first cell that
-/// fails. The last answer submitted is the trace's answer.
-pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) -> Trace {
+/// fails. The last answer submitted is the trace's answer. An
+/// infrastructure failure is an `Err`, never a failed trace.
+pub async fn run_steps(
+    sandbox: &Sandbox,
+    label: &str,
+    steps: &[ProgramStep],
+) -> Result<Trace, Infra> {
     let started = Instant::now();
     let mut task = sandbox.task();
     let mut turns = Vec::new();
@@ -57,6 +90,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
     let steps: &[ProgramStep] = match ready {
         Ok(()) => steps,
         Err(e) => {
+            let e = Infra::classify(label, e)?;
             error = Some(format!("no worker: the sandbox failed: {e}"));
             &[]
         }
@@ -65,6 +99,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         let cell = match task.run_cell(&step.code).await {
             Ok(cell) => cell,
             Err(e) => {
+                let e = Infra::classify(label, e)?;
                 error = Some(format!("step {}: the sandbox failed: {e}", i + 1));
                 break;
             }
@@ -90,7 +125,7 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         error = Some("the program never called submit()".to_string());
     }
     let final_answer_hash = final_answer.as_ref().map(answer_hash);
-    Trace {
+    Ok(Trace {
         turns,
         success: error.is_none(),
         final_answer_hash,
@@ -100,12 +135,16 @@ pub async fn run_steps(sandbox: &Sandbox, label: &str, steps: &[ProgramStep]) ->
         elapsed: started.elapsed().as_secs_f64(),
         worker_wait,
         ..Trace::default()
-    }
+    })
 }
 
 /// The reference program (one turn per step) and each alternative (one
-/// turn), every one in its own fresh worker, all concurrently.
-pub async fn run_programs(sandbox: &Sandbox, programs: &Programs) -> (Trace, Vec<Trace>) {
+/// turn), every one in its own fresh worker, all concurrently. An
+/// infrastructure failure in any of them is the `Err` of the whole.
+pub async fn run_programs(
+    sandbox: &Sandbox,
+    programs: &Programs,
+) -> Result<(Trace, Vec<Trace>), Infra> {
     let alternatives: Vec<[ProgramStep; 1]> = programs
         .alternatives
         .iter()
@@ -124,5 +163,8 @@ pub async fn run_programs(sandbox: &Sandbox, programs: &Programs) -> (Trace, Vec
             .zip(&alternatives)
             .map(|(a, steps)| run_steps(sandbox, &a.name, steps)),
     );
-    futures::join!(reference, others)
+    let (reference, others) = futures::join!(reference, others);
+    let reference = reference?;
+    let others = others.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok((reference, others))
 }

@@ -37,7 +37,9 @@ async fn start(csv: &Path) -> (Sandbox, DataProfile) {
 /// The question's ground truth, after checking every alternative agrees.
 async fn truth(sb: &Sandbox, q: Question) -> Value {
     let programs = q.programs.clone().expect("programs");
-    let (reference, others) = run_programs(sb, &programs).await;
+    let (reference, others) = run_programs(sb, &programs)
+        .await
+        .expect("no infrastructure fault");
     let answer = reference.final_answer.clone().unwrap_or_else(|| {
         panic!("reference failed: {:?}", reference.error);
     });
@@ -232,9 +234,12 @@ async fn anova_on_constant_groups_is_an_ineligible_binding() {
     let qs = template("anova_effect_size").instantiate(&p, "demo", "h");
     assert_eq!(qs.len(), 1);
     let q = qs.into_iter().next().expect("question");
-    let failure = establish_ground_truth(&sb, q)
+    let error = establish_ground_truth(&sb, q)
         .await
         .expect_err("no ground truth on constant groups");
+    let csv_agent::questions::GroundTruthError::Failure(failure) = error else {
+        panic!("an infrastructure fault, not the data: {error:?}");
+    };
     assert!(failure.is_ineligible(), "{failure:?}");
     assert!(failure.reason.contains("degenerate"), "{}", failure.reason);
     sb.shutdown().await;

@@ -87,6 +87,16 @@ fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
     let earlier: Option<RunSummary> = std::fs::read(out.join(SUMMARY_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    // Incidents are facts of the last run (summary.json).
+    let mut datasets = datasets;
+    for d in datasets.iter_mut() {
+        if let Some(i) = earlier
+            .as_ref()
+            .and_then(|s| s.datasets.iter().find(|e| e.dataset == d.dataset))
+        {
+            d.incidents = i.incidents;
+        }
+    }
     Ok(RunSummary {
         teacher: earlier
             .as_ref()
@@ -99,7 +109,8 @@ fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
         // Model use and an early stop are facts of the last run.
         llm_usage: earlier.as_ref().and_then(|s| s.llm_usage),
         stopped: earlier.as_ref().and_then(|s| s.stopped.clone()),
-        elapsed: earlier.map(|s| s.elapsed).unwrap_or(0.0),
+        elapsed: earlier.as_ref().map(|s| s.elapsed).unwrap_or(0.0),
+        incidents: earlier.map(|s| s.incidents).unwrap_or_default(),
     })
 }
 
@@ -120,6 +131,17 @@ pub fn status(args: StatusArgs) -> Result<i32> {
     }
     if let Some(stopped) = &summary.stopped {
         println!("the last run stopped early: {stopped}");
+    }
+    println!(
+        "incidents, last run: {}",
+        super::run::incidents_line(&summary.incidents)
+    );
+    for d in summary.datasets.iter().filter(|d| !d.incidents.is_empty()) {
+        println!(
+            "    {}: {}",
+            d.dataset,
+            super::run::incidents_line(&d.incidents)
+        );
     }
     for r in unfinished {
         println!(

@@ -230,6 +230,11 @@ pub struct SelectArgs {
     /// ahead of the built-in catalog.
     #[arg(long)]
     templates: Option<PathBuf>,
+    /// New sandboxes started per dataset when one dies (zygote or monitor
+    /// gone), with backoff; past it the dataset's remaining questions fail
+    /// and are left to the next run. See docs/reliability.md.
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -427,6 +432,10 @@ async fn settings(
         init_program: None,
         sources: Default::default(),
         limits,
+        recovery: crate::pipeline::Recovery {
+            max_restarts: select.max_restarts,
+            ..Default::default()
+        },
     })
 }
 
@@ -535,6 +544,9 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
     if let Some(stopped) = &summary.stopped {
         println!("\nstopped early: {stopped}\nrerun the same command to continue.");
     }
+    if !summary.incidents.is_empty() {
+        println!("\nincidents: {}", incidents_line(&summary.incidents));
+    }
     println!(
         "\n{} episodes in {} ({} verified); summary in {}",
         summary.episodes,
@@ -543,6 +555,14 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         out.join(crate::store::SUMMARY_FILE).display()
     );
     Ok(summary.exit_code())
+}
+
+/// "2 restarts, 9 workers lost, 0 OOM kills, 1 timeout, 9 retries"
+pub fn incidents_line(i: &crate::pipeline::Incidents) -> String {
+    format!(
+        "{} restarts, {} workers lost, {} OOM kills, {} timeouts, {} retries",
+        i.restarts, i.workers_lost, i.oom_kills, i.timeouts, i.retries
+    )
 }
 
 /// "412 requests (3 retried), 1.2M prompt + 88k completion tokens, 1.4 s per request"

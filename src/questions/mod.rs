@@ -6,7 +6,7 @@ pub mod llm;
 pub mod template;
 
 use crate::answers::{answer_hash, answers_match};
-use crate::runner::run_programs;
+use crate::runner::{run_programs, Infra};
 use crate::sandbox::Sandbox;
 use crate::schema::Question;
 
@@ -75,6 +75,16 @@ pub fn degenerate_at(answer: &serde_json::Value) -> Option<String> {
     walk(answer, "")
 }
 
+/// Why ground truth was not established: a fact about the question, or an
+/// infrastructure failure (to be retried, never stored).
+#[derive(Debug, thiserror::Error)]
+pub enum GroundTruthError {
+    #[error(transparent)]
+    Failure(#[from] QuestionFailure),
+    #[error(transparent)]
+    Infrastructure(#[from] Infra),
+}
+
 /// Run the question's reference program (every step in one worker) and each
 /// alternative (each in a fresh worker), concurrently. The reference answer
 /// is the ground truth; every distinct hash of an answer that matches it
@@ -85,24 +95,27 @@ pub fn degenerate_at(answer: &serde_json::Value) -> Option<String> {
 pub async fn establish_ground_truth(
     sandbox: &Sandbox,
     mut question: Question,
-) -> Result<Question, QuestionFailure> {
+) -> Result<Question, GroundTruthError> {
     let Some(programs) = question.programs.clone() else {
         return Err(QuestionFailure::failed(
             "the question has no programs to compute its ground truth".into(),
-        ));
+        )
+        .into());
     };
-    let (reference, others) = run_programs(sandbox, &programs).await;
+    let (reference, others) = run_programs(sandbox, &programs).await?;
     let Some(truth) = reference.final_answer.clone().filter(|_| reference.success) else {
         return Err(QuestionFailure::failed(format!(
             "reference program failed: {}",
             reference.error.unwrap_or_else(|| "no answer".into())
-        )));
+        ))
+        .into());
     };
     if let Some(at) = degenerate_at(&truth) {
         return Err(QuestionFailure {
             reason: format!("degenerate answer: {at} is NaN, infinite or undefined"),
             kind: FailureKind::Ineligible,
-        });
+        }
+        .into());
     }
     let mut hashes = vec![answer_hash(&truth)];
     for trace in &others {

@@ -272,8 +272,50 @@ pub enum SandboxError {
     WorkerScope { worker_id: u64, reason: String },
     #[error("worker {worker_id}: {detail}")]
     Worker { worker_id: u64, detail: String },
+    /// A worker could not be started for a reason outside any code: its
+    /// cgroup, its pidfd, or the worker gone before its first cell.
+    #[error("worker {worker_id} could not be started: {detail}")]
+    WorkerStart { worker_id: u64, detail: String },
+    /// The worker died during a cell for a reason outside its code: a
+    /// SIGKILL the supervisor did not send (no timeout) with no OOM event
+    /// in its cgroup — another process, the host's OOM killer.
+    #[error("worker {worker_id} (host pid {host_pid}) was killed from outside the sandbox during cell {cell}: {detail}")]
+    WorkerKilled {
+        worker_id: u64,
+        host_pid: u32,
+        cell: u64,
+        detail: String,
+    },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
+}
+
+impl SandboxError {
+    /// An infrastructure failure: the sandbox (zygote, monitor, control
+    /// socket) is gone, a worker was lost for a reason outside its code, a
+    /// worker could not be started, or the supervisor's own I/O failed.
+    /// Worth retrying in a healthy sandbox; never a fact about a program.
+    /// Everything else (the dataset, the image, missing layers, a refused
+    /// worker scope) would fail the same way again.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            SandboxError::Io { .. }
+            | SandboxError::Spawn(_)
+            | SandboxError::Protocol(_)
+            | SandboxError::ZygoteGone(_)
+            | SandboxError::Fork { .. }
+            | SandboxError::WorkerStart { .. }
+            | SandboxError::WorkerKilled { .. }
+            | SandboxError::Timeout(..) => true,
+            SandboxError::Dataset { .. }
+            | SandboxError::Image(_)
+            | SandboxError::Degraded(_)
+            | SandboxError::ImageLocation { .. }
+            | SandboxError::Load(_)
+            | SandboxError::WorkerScope { .. }
+            | SandboxError::Worker { .. } => false,
+        }
+    }
 }
 
 fn format_layers(layers: &[Layer]) -> String {
@@ -1297,6 +1339,24 @@ impl Sandbox {
             .as_ref()
             .and_then(|g| g.memory_usage())
     }
+    /// Whether the zygote still serves forks (its control socket is open).
+    pub fn is_alive(&self) -> bool {
+        !self.shared.closed.load(Ordering::Relaxed)
+            && self
+                .shared
+                .zygote_gone
+                .lock()
+                .map(|g| g.is_none())
+                .unwrap_or(false)
+    }
+    /// Why the zygote is gone, once it is.
+    pub fn gone_reason(&self) -> Option<String> {
+        self.shared.zygote_gone.lock().ok().and_then(|g| g.clone())
+    }
+    /// Host pid of the jail's monitor (`csv-agent __jail-init`).
+    pub fn monitor_host_pid(&self) -> Option<u32> {
+        Some(self.shared.jail.lock().ok()?.as_ref()?.init_pid)
+    }
     /// Faults seen so far (timeouts, OOM kills, crashes).
     pub fn faults(&self) -> Vec<Fault> {
         self.shared
@@ -1623,7 +1683,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
                     pids: shared.limits.pids,
                 },
             )
-            .map_err(|e| SandboxError::Worker {
+            .map_err(|e| SandboxError::WorkerStart {
                 worker_id,
                 detail: e.to_string(),
             })?,
@@ -1700,7 +1760,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
             let host_pid = frame
                 .sender_pid
                 .and_then(|p| u32::try_from(p).ok())
-                .ok_or_else(|| SandboxError::Worker {
+                .ok_or_else(|| SandboxError::WorkerStart {
                     worker_id,
                     detail: format!("hello from jail pid {pid} carried no credentials"),
                 });
@@ -1739,14 +1799,14 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
         Ok(fd) if pidfd_inner_pid(&fd) == Some(ns_pid) => fd,
         Ok(_) => {
             cleanup(&group);
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: format!("host pid {host_pid} is no longer the worker (jail pid {ns_pid}): it exited before its first cell"),
             });
         }
         Err(e) => {
             cleanup(&group);
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: format!("pidfd_open({host_pid}): {e}"),
             });
@@ -1769,7 +1829,7 @@ async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     if let Some(g) = &worker.group {
         if let Err(e) = g.add(host_pid) {
             worker.kill();
-            return Err(SandboxError::Worker {
+            return Err(SandboxError::WorkerStart {
                 worker_id,
                 detail: e.to_string(),
             });
@@ -1906,6 +1966,43 @@ impl Worker {
             .unwrap_or(false)
     }
 
+    /// Why a worker that died while idle (after cell `cell`) is an
+    /// infrastructure loss: SIGKILLed with no OOM event, or its zygote
+    /// gone. `None` when its own code may have done it (another signal or
+    /// an exit from a thread it left running).
+    fn idle_loss(&self, cell: u64) -> Option<SandboxError> {
+        if let Some(reason) = self.shared.zygote_gone.lock().ok().and_then(|g| g.clone()) {
+            return Some(SandboxError::ZygoteGone(reason));
+        }
+        let exit = self
+            .shared
+            .exits
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&self.id).copied());
+        let oom = self
+            .group
+            .as_ref()
+            .map(|g| g.oom_kills() > 0)
+            .unwrap_or(false);
+        match exit {
+            Some(ExitInfo {
+                signal: Some(libc::SIGKILL),
+                ..
+            }) if !oom => {
+                let detail = "SIGKILL between cells, with no OOM event in its cgroup".to_string();
+                self.record_incident(cell, &detail);
+                Some(SandboxError::WorkerKilled {
+                    worker_id: self.id,
+                    host_pid: self.host_pid,
+                    cell,
+                    detail,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes charged to this worker's cgroup (what it allocated itself).
     pub fn cgroup_memory(&self) -> Option<u64> {
         self.group.as_ref().and_then(|g| g.memory_usage())
@@ -1933,7 +2030,7 @@ impl Worker {
             .await
             .is_err()
         {
-            return Ok(self.lost(cell, started).await);
+            return self.lost(cell, started).await;
         }
         let timeout = self.shared.limits.cell_timeout;
         match tokio::time::timeout(timeout, self.socket.recv()).await {
@@ -1969,7 +2066,7 @@ impl Worker {
                 })
             }
             Ok(Err(e)) if e.is_violation() => Ok(self.violation(cell, started, &e.to_string())),
-            Ok(Ok(None)) | Ok(Err(_)) => Ok(self.lost(cell, started).await),
+            Ok(Ok(None)) | Ok(Err(_)) => self.lost(cell, started).await,
         }
     }
 
@@ -1994,8 +2091,12 @@ impl Worker {
         )
     }
 
-    /// The worker died during a cell: find out why.
-    async fn lost(&mut self, cell: u64, started: Instant) -> CellResult {
+    /// The worker died during a cell: find out why. What its own code
+    /// caused (an OOM kill of its cgroup, a signal such as SIGSEGV or
+    /// SIGABRT, an exit) is a `crashed` or `oom` cell; what came from
+    /// outside (a SIGKILL the supervisor did not send and no OOM event, or
+    /// the whole zygote gone) is an infrastructure `Err`.
+    async fn lost(&mut self, cell: u64, started: Instant) -> Result<CellResult, SandboxError> {
         self.dead = true;
         let exit = self.wait_exit(Duration::from_secs(2)).await;
         let oom = self
@@ -2004,6 +2105,33 @@ impl Worker {
             .map(|g| g.oom_kills() > 0)
             .unwrap_or(false);
         self.kill();
+        if !oom {
+            match exit {
+                Some(ExitInfo {
+                    signal: Some(libc::SIGKILL),
+                    ..
+                }) => {
+                    let detail =
+                        "SIGKILL with no timeout and no OOM event in its cgroup".to_string();
+                    self.record_incident(cell, &detail);
+                    return Err(SandboxError::WorkerKilled {
+                        worker_id: self.id,
+                        host_pid: self.host_pid,
+                        cell,
+                        detail,
+                    });
+                }
+                None => {
+                    if let Some(reason) =
+                        self.shared.zygote_gone.lock().ok().and_then(|g| g.clone())
+                    {
+                        self.record_incident(cell, &format!("the zygote is gone ({reason})"));
+                        return Err(SandboxError::ZygoteGone(reason));
+                    }
+                }
+                _ => {}
+            }
+        }
         let (status, kind, detail) = if oom {
             (
                 CellStatus::Oom,
@@ -2031,7 +2159,18 @@ impl Worker {
             )
         };
         self.record_fault(cell, status, &detail);
-        CellResult::lost(status, kind, detail, started.elapsed())
+        Ok(CellResult::lost(status, kind, detail, started.elapsed()))
+    }
+
+    /// A worker lost to the infrastructure: logged, not a fault of its code.
+    fn record_incident(&self, cell: u64, detail: &str) {
+        log(
+            Level::Warn,
+            &format!(
+                "sandbox {} worker {} (host pid {}) cell {}: lost from outside: {}",
+                self.shared.id, self.id, self.host_pid, cell, detail
+            ),
+        );
     }
 
     async fn wait_exit(&self, limit: Duration) -> Option<ExitInfo> {
@@ -2157,7 +2296,13 @@ impl Task {
     pub async fn run_cell(&mut self, code: &str) -> Result<CellResult, SandboxError> {
         let worker = match self.worker.take() {
             Some(w) if w.is_alive() => w,
-            Some(_) => {
+            Some(w) => {
+                // It died while idle, between cells: no code of the task
+                // was running. Killed from outside (or the zygote gone),
+                // the task's state is lost to the infrastructure.
+                if let Some(e) = w.idle_loss(self.cells) {
+                    return Err(e);
+                }
                 self.restarts += 1;
                 self.sandbox.acquire().await?
             }

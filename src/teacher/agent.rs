@@ -236,7 +236,17 @@ fn error_type(execution: &Execution) -> String {
     execution.status.clone()
 }
 
+/// An infrastructure failure that ended a trace (see [`runner::Infra`]),
+/// with what the model had cost by then.
+#[derive(Debug)]
+pub struct AgentInfra {
+    pub error: runner::Infra,
+    pub usage: Usage,
+}
+
 /// Run one trace: `chat` writes the cells, one task of `sandbox` runs them.
+/// An infrastructure failure ends it as a trace stopped with `worker_lost`
+/// (see [`try_run_agent`] to tell it apart).
 pub async fn run_agent(
     chat: &dyn Chat,
     sandbox: &Sandbox,
@@ -246,6 +256,36 @@ pub async fn run_agent(
     config: &AgentConfig,
     label: &str,
 ) -> Trace {
+    let started = Instant::now();
+    match try_run_agent(chat, sandbox, role, question, overview, config, label).await {
+        Ok(trace) => trace,
+        Err(infra) => {
+            let trace = Trace {
+                label: label.to_string(),
+                usage: Some(infra.usage),
+                ..Trace::default()
+            };
+            finish(
+                trace,
+                started,
+                Stop::WorkerLost,
+                Some(infra.error.to_string()),
+            )
+        }
+    }
+}
+
+/// Run one trace; an infrastructure failure (the sandbox gone, the worker
+/// killed from outside) is an `Err`, never part of the trace.
+pub async fn try_run_agent(
+    chat: &dyn Chat,
+    sandbox: &Sandbox,
+    role: Role,
+    question: &Question,
+    overview: &str,
+    config: &AgentConfig,
+    label: &str,
+) -> Result<Trace, AgentInfra> {
     let started = Instant::now();
     let mut trace = Trace {
         label: label.to_string(),
@@ -257,12 +297,16 @@ pub async fn run_agent(
     let ready = task.ready().await;
     trace.worker_wait = started.elapsed().as_secs_f64();
     if let Err(e) = ready {
-        return finish(
+        let e = runner::Infra::classify(label, e).map_err(|error| AgentInfra {
+            error,
+            usage: Usage::default(),
+        })?;
+        return Ok(finish(
             trace,
             started,
             Stop::WorkerLost,
             Some(format!("no worker: the sandbox failed: {e}")),
-        );
+        ));
     }
 
     let mut messages = vec![
@@ -315,10 +359,12 @@ pub async fn run_agent(
         let cell = match task.run_cell(&code).await {
             Ok(cell) => cell,
             Err(e) => {
+                let e = runner::Infra::classify(label, e)
+                    .map_err(|error| AgentInfra { error, usage })?;
                 break (
                     Stop::WorkerLost,
                     Some(format!("turn {turn_index}: the sandbox failed: {e}")),
-                )
+                );
             }
         };
         let fresh_worker = task.restarts() > restarts_before;
@@ -413,7 +459,7 @@ pub async fn run_agent(
         }
         messages.push(Message::user(text));
     };
-    finish(trace, started, stop, error)
+    Ok(finish(trace, started, stop, error))
 }
 
 fn finish(mut trace: Trace, started: Instant, stop: Stop, error: Option<String>) -> Trace {

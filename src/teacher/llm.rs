@@ -123,7 +123,7 @@ impl Teacher for LlmTeacher {
                 .n_consistency
                 .for_difficulty(question.difficulty);
             let labels: Vec<String> = (1..=n).map(|i| format!("consistency_{i}")).collect();
-            let gold = agent::run_agent(
+            let gold = agent::try_run_agent(
                 chat,
                 sandbox,
                 Role::Gold,
@@ -133,7 +133,7 @@ impl Teacher for LlmTeacher {
                 "gold",
             );
             let others = futures::future::join_all(labels.iter().map(|label| {
-                agent::run_agent(
+                agent::try_run_agent(
                     chat,
                     sandbox,
                     Role::Consistency,
@@ -143,8 +143,45 @@ impl Teacher for LlmTeacher {
                     label,
                 )
             }));
-            let (gold, consistency) = futures::join!(gold, others);
-            let run = TeacherRun { gold, consistency };
+            let (gold, others) = futures::join!(gold, others);
+            // An infrastructure failure in any trace: the question is run
+            // again whole (with what every trace cost so far counted).
+            let mut usage = crate::schema::Usage::default();
+            let mut infra = None;
+            let mut traces = Vec::new();
+            for outcome in std::iter::once(gold).chain(others) {
+                match outcome {
+                    Ok(trace) => {
+                        if let Some(u) = &trace.usage {
+                            usage.add(u);
+                        }
+                        traces.push(trace);
+                    }
+                    Err(e) => {
+                        usage.add(&e.usage);
+                        infra.get_or_insert(e.error);
+                    }
+                }
+            }
+            if let Some(error) = infra {
+                return Err(TeacherError::Infrastructure {
+                    id: question.id.clone(),
+                    error,
+                    usage,
+                });
+            }
+            let mut traces = traces.into_iter();
+            let Some(gold) = traces.next() else {
+                return Err(TeacherError::Unsupported {
+                    id: question.id.clone(),
+                    teacher: "llm",
+                    reason: "no gold trace".into(),
+                });
+            };
+            let run = TeacherRun {
+                gold,
+                consistency: traces.collect(),
+            };
             if let Some(failed) = std::iter::once(&run.gold)
                 .chain(&run.consistency)
                 .find(|t| t.stop.as_deref() == Some("model_error"))

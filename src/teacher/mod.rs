@@ -67,6 +67,16 @@ pub enum TeacherError {
         /// What the question's traces cost before the failure.
         usage: crate::schema::Usage,
     },
+    /// The sandbox or a worker was lost for a reason outside the teacher
+    /// and its code: the question is run again in a healthy sandbox, never
+    /// written as an episode.
+    #[error("question {id}: {error}")]
+    Infrastructure {
+        id: String,
+        error: crate::runner::Infra,
+        /// What the question's traces cost before the failure.
+        usage: crate::schema::Usage,
+    },
 }
 
 pub trait Teacher: Send + Sync {

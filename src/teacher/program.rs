@@ -42,7 +42,13 @@ impl Teacher for ProgramTeacher {
                     reason: "it has no reference program (only template questions do)".into(),
                 });
             };
-            let (gold, consistency) = run_programs(sandbox, programs).await;
+            let (gold, consistency) = run_programs(sandbox, programs).await.map_err(|error| {
+                TeacherError::Infrastructure {
+                    id: question.id.clone(),
+                    error,
+                    usage: Default::default(),
+                }
+            })?;
             Ok(TeacherRun { gold, consistency })
         })
     }
