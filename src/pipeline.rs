@@ -700,13 +700,16 @@ fn questions_key(shared: &Shared, hash: &str) -> String {
             "mix": l.config.mix,
         })
     });
+    // The worker memory decides which templates bind ([cost]): a rerun with
+    // another --memory makes the questions again.
     questions::template::short_hash(&format!(
-        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}",
+        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}\n{:?}",
         shared.catalog_hash,
         shared.settings.max_questions,
         shared.settings.shard,
         sources.template,
-        llm.map(|v| v.to_string()).unwrap_or_default()
+        llm.map(|v| v.to_string()).unwrap_or_default(),
+        shared.settings.limits.memory_bytes,
     ))
 }
 

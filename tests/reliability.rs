@@ -198,11 +198,22 @@ fn jails(root: u32) -> Vec<JailPids> {
     out
 }
 
-fn sigkill(pid: u32) {
+/// SIGKILL `pid`; false when it had already exited (a worker may finish its
+/// task between being listed and being killed).
+fn try_sigkill(pid: u32) -> bool {
     let pid = i32::try_from(pid).expect("pid fits");
     // SAFETY: kill(2) with a pid we just read from /proc; no memory involved.
     let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+    let error = std::io::Error::last_os_error();
+    assert!(
+        rc == 0 || error.raw_os_error() == Some(libc::ESRCH),
+        "kill {pid}: {error}"
+    );
+    rc == 0
+}
+
+fn sigkill(pid: u32) {
+    assert!(try_sigkill(pid), "kill {pid}: it is gone already");
 }
 
 /// A small random source (no dependency): seeded from the clock, printed.
@@ -283,12 +294,7 @@ impl Kill {
                 sigkill(jail.monitor);
                 1
             }
-            Kill::Workers => {
-                for &w in &jail.workers {
-                    sigkill(w);
-                }
-                jail.workers.len()
-            }
+            Kill::Workers => jail.workers.iter().filter(|&&w| try_sigkill(w)).count(),
         }
     }
     fn restarts(self) -> usize {
@@ -340,9 +346,15 @@ fn inject(
         wait_for(child, &format!("{after} episodes"), || {
             episode_count(out) >= after
         });
-        let jail = live_jail(child, out, slug, restarts);
-        eprintln!("after {} episodes: {kill:?} {jail:?}", episode_count(out));
-        kill.apply(&jail);
+        // Workers may finish between being listed and being killed: list
+        // again until at least one is hit.
+        loop {
+            let jail = live_jail(child, out, slug, restarts);
+            eprintln!("after {} episodes: {kill:?} {jail:?}", episode_count(out));
+            if kill.apply(&jail) > 0 {
+                break;
+            }
+        }
         restarts += kill.restarts();
     }
     restarts
@@ -689,4 +701,156 @@ async fn a_worker_killed_by_its_code_is_a_cell_and_one_killed_from_outside_is_in
     let e = sb.task().run_cell("1").await.expect_err("no more workers");
     assert!(e.is_infrastructure(), "{e}");
     sb.shutdown().await;
+}
+
+/// Unmounts a test's tmpfs, even when the test fails.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk under `--out` (a 160 KiB tmpfs): the run stops with a clear
+/// error and exit 2, and nothing half-written is taken for data; with space
+/// freed, the same command finishes with exactly the episodes of an
+/// undisturbed run, each once.
+#[test]
+fn a_full_disk_stops_the_run_and_a_rerun_completes_exactly_once() {
+    let base = &program_baseline().1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=160k", "tmpfs", s(&out)])
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let _guard = Mounted(out.clone());
+
+    let o = run(&program_args(&out, &[]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("No space left on device") || err.contains("disk is full"),
+        "{}",
+        text(&o)
+    );
+    // Whatever was written is whole: every line parses.
+    let partial = episodes(&out);
+    assert!(partial.len() < base.len(), "the disk filled before the end");
+
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m", s(&out)])
+        .status()
+        .expect("remount runs");
+    assert!(grown.success());
+    let o = run(&program_args(&out, &[]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_same_episodes(&out, base);
+}
+
+const OOM_TEMPLATE: &str = r#"
+name = "needs_too_much_memory"
+description = "A reference program that allocates far more than a worker may"
+difficulty = "EASY"
+n_steps = 1
+question = "How many rows does the table have?"
+hint = "len(df)"
+output_type = "scalar"
+output_schema = "integer"
+max_bindings = 1
+[[steps]]
+reasoning = "Allocate, then count."
+code = """
+blob = bytearray(900 * 2**20)
+submit(len(df))
+"""
+[[alternatives]]
+name = "shape"
+reasoning = "Count the rows."
+code = """
+submit(int(df.shape[0]))
+"""
+"#;
+
+const SLOW_TEMPLATE: &str = r#"
+name = "takes_too_long"
+description = "A reference program that outlasts the cell timeout"
+difficulty = "EASY"
+n_steps = 1
+question = "How many columns does the table have?"
+hint = "df.shape[1]"
+output_type = "scalar"
+output_schema = "integer"
+max_bindings = 1
+[[steps]]
+reasoning = "Wait, then count."
+code = """
+import time
+time.sleep(30)
+submit(int(df.shape[1]))
+"""
+[[alternatives]]
+name = "columns"
+reasoning = "Count the columns."
+code = """
+submit(len(df.columns))
+"""
+"#;
+
+/// A program that exceeds its worker's memory or the cell timeout fails as
+/// the program's fault (never a restart, never infrastructure), and each
+/// OOM kill and timeout kill is an incident line in the dataset's log and a
+/// count in summary.json.
+#[test]
+fn oom_kills_and_timeouts_of_programs_are_counted_as_incidents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(templates.join("needs_too_much_memory.toml"), OOM_TEMPLATE).expect("write");
+    std::fs::write(templates.join("takes_too_long.toml"), SLOW_TEMPLATE).expect("write");
+    let out = dir.path().join("out");
+    let args: Vec<String> = [
+        "run",
+        "--datasets",
+        s(&registry()),
+        "--only",
+        "penguins",
+        "--templates",
+        s(&templates),
+        "--max-questions",
+        "2",
+        "--memory",
+        "256M",
+        "--cell-timeout",
+        "3s",
+        "--out",
+        s(&out),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let sum = summary(&out);
+    let ds = &sum["datasets"][0];
+    let failures = ds["failures"].as_array().cloned().unwrap_or_default();
+    assert_eq!(failures.len(), 2, "{sum}");
+    for f in &failures {
+        assert_eq!(f["stage"], "ground_truth", "the program's fault: {f}");
+    }
+    let inc = incidents(&out, "penguins");
+    assert!(inc["oom_kills"].as_u64().unwrap_or(0) >= 1, "{inc}");
+    assert!(inc["timeouts"].as_u64().unwrap_or(0) >= 1, "{inc}");
+    assert_eq!(inc["restarts"], 0, "{inc}");
+    let log = log_text(&out, "penguins");
+    let lines = |word: &str| {
+        log.lines()
+            .filter(|l| l.contains("incident:") && l.to_lowercase().contains(word))
+            .count()
+    };
+    assert!(lines("oom kill") >= 1, "{log}");
+    assert!(lines("timeout kill") >= 1, "{log}");
+    assert!(episodes(&out).is_empty());
 }
