@@ -854,3 +854,34 @@ fn oom_kills_and_timeouts_of_programs_are_counted_as_incidents() {
     assert!(lines("timeout kill") >= 1, "{log}");
     assert!(episodes(&out).is_empty());
 }
+
+/// The zygote killed while it is still importing the data stack (the
+/// dataset's first sandbox never became ready): the start is tried again
+/// within the restart budget, and the run ends with the undisturbed
+/// episodes and one restart.
+#[test]
+fn a_sandbox_killed_while_starting_is_started_again() {
+    let base = &program_baseline().1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut child = spawn(&program_args(&out, &[]));
+    let root = child.id();
+    let mut zygote = None;
+    wait_for(&mut child, "a zygote", || {
+        zygote = jails(root).first().map(|j| j.zygote);
+        zygote.is_some()
+    });
+    let zygote = zygote.expect("a zygote");
+    // Still loading: no "ready" yet means no question has started.
+    assert_eq!(ground_truth_starts(&out, "penguins"), 0);
+    sigkill(zygote);
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_same_episodes(&out, base);
+    assert_eq!(incidents(&out, "penguins")["restarts"], 1);
+    assert!(
+        log_text(&out, "penguins").contains("incident: the sandbox did not start"),
+        "{}",
+        log_text(&out, "penguins")
+    );
+}

@@ -92,8 +92,31 @@ pub struct Jail {
 }
 
 impl Jail {
+    /// Start the dataset's first sandbox. A start cut short by the
+    /// infrastructure (the zygote or monitor killed while it loads, a spawn
+    /// or I/O failure) is tried again within the restart budget, after the
+    /// same backoff, each try an incident; any other error (a bad dataset,
+    /// a missing layer, the image) fails at once.
     pub async fn start(opts: SandboxOptions, recovery: Recovery) -> Result<Jail, SandboxError> {
-        let sandbox = Sandbox::start(opts.clone()).await?;
+        let mut incidents = Incidents::default();
+        let mut restarts = 0u32;
+        let sandbox = loop {
+            match Sandbox::start(opts.clone()).await {
+                Ok(sandbox) => break sandbox,
+                Err(e) if e.is_infrastructure() && restarts < recovery.max_restarts => {
+                    restarts += 1;
+                    let wait = recovery.backoff.saturating_mul(1 << (restarts - 1).min(10));
+                    warn!(
+                        "incident: the sandbox did not start ({e}); restart {restarts} of {} after {:.1} s",
+                        recovery.max_restarts,
+                        wait.as_secs_f64()
+                    );
+                    incidents.restarts += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Jail {
             opts,
             recovery,
@@ -101,9 +124,9 @@ impl Jail {
                 generation: 0,
                 sandbox,
             }),
-            incidents: Mutex::new(Incidents::default()),
+            incidents: Mutex::new(incidents),
             faults_seen: Mutex::new(HashMap::new()),
-            restarts: Mutex::new(0),
+            restarts: Mutex::new(restarts),
             exhausted: Mutex::new(None),
         })
     }
