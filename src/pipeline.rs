@@ -689,6 +689,36 @@ async fn answer_dataset(
     Ok((key, n))
 }
 
+/// A question that got no ground truth: its row in the manifest (never
+/// done, so the next run tries it again) and its tick in the progress.
+fn record_without_ground_truth(
+    shared: &Shared,
+    slug: &str,
+    q: &Question,
+    status: &str,
+    stage: &str,
+    reason: String,
+) -> Result<(), String> {
+    let row = QuestionRow {
+        fingerprint: fingerprint(q, shared.teacher.as_ref()),
+        dataset: slug.to_string(),
+        question_id: q.id.clone(),
+        template: q.template_name.clone(),
+        difficulty: q.difficulty.as_str().to_string(),
+        status: status.into(),
+        stage: stage.into(),
+        reason: Some(reason),
+        episode_id: None,
+        elapsed: 0.0,
+    };
+    shared
+        .manifest
+        .record_question(&row)
+        .map_err(|e| e.to_string())?;
+    shared.reporter.question_finished(slug, status);
+    Ok(())
+}
+
 fn questions_key(shared: &Shared, hash: &str) -> String {
     let sources = &shared.settings.sources;
     let llm = sources.llm.as_ref().map(|l| {
@@ -894,23 +924,14 @@ async fn load_or_make_questions(
                     q.id,
                     q.template_name.as_deref().unwrap_or("-"),
                 );
-                let row = QuestionRow {
-                    fingerprint: fingerprint(&q, shared.teacher.as_ref()),
-                    dataset: slug.clone(),
-                    question_id: q.id.clone(),
-                    template: q.template_name.clone(),
-                    difficulty: q.difficulty.as_str().to_string(),
-                    status: "failed".into(),
-                    stage: "infrastructure".into(),
-                    reason: Some(format!("ground truth not established: {e}")),
-                    episode_id: None,
-                    elapsed: 0.0,
-                };
-                shared
-                    .manifest
-                    .record_question(&row)
-                    .map_err(|e| e.to_string())?;
-                shared.reporter.question_finished(slug, "failed");
+                record_without_ground_truth(
+                    shared,
+                    slug,
+                    &q,
+                    "failed",
+                    "infrastructure",
+                    format!("ground truth not established: {e}"),
+                )?;
             }
             Err(GroundTruthError::Failure(failure)) => {
                 let status = if failure.is_ineligible() {
@@ -924,23 +945,14 @@ async fn load_or_make_questions(
                     q.template_name.as_deref().unwrap_or("-"),
                     failure.reason
                 );
-                let row = QuestionRow {
-                    fingerprint: fingerprint(&q, shared.teacher.as_ref()),
-                    dataset: slug.clone(),
-                    question_id: q.id.clone(),
-                    template: q.template_name.clone(),
-                    difficulty: q.difficulty.as_str().to_string(),
-                    status: status.into(),
-                    stage: "ground_truth".into(),
-                    reason: Some(failure.reason),
-                    episode_id: None,
-                    elapsed: 0.0,
-                };
-                shared
-                    .manifest
-                    .record_question(&row)
-                    .map_err(|e| e.to_string())?;
-                shared.reporter.question_finished(slug, status);
+                record_without_ground_truth(
+                    shared,
+                    slug,
+                    &q,
+                    status,
+                    "ground_truth",
+                    failure.reason,
+                )?;
             }
         }
     }

@@ -432,7 +432,10 @@ fn killing_the_zygote_the_monitor_and_workers_changes_no_episode() {
     let log = log_text(&out, "penguins");
     assert_eq!(log.matches("incident: restart ").count(), 3, "{log}");
     assert!(log.contains("incident: retry ground truth of"), "{log}");
-    assert!(log.contains("killed from outside"), "{log}");
+    // Whether a killed worker was running a cell (then "killed from
+    // outside" is logged) or idle (then nothing was lost) depends on the
+    // moment; the classification itself is asserted in
+    // a_worker_killed_by_its_code_is_a_cell_and_one_killed_from_outside_is_infrastructure.
     assert_eq!(
         log.matches("incident: worker lost").count() as u64,
         lost,

@@ -1578,6 +1578,10 @@ async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// How long a lost worker's exit report (from the zygote) is waited for
+/// before its death is put down to the infrastructure.
+const EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
+
 const FORK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Forks tried before a transient `fork_failed` is reported.
 const FORK_ATTEMPTS: u32 = 4;
@@ -2098,7 +2102,7 @@ impl Worker {
     /// the whole zygote gone) is an infrastructure `Err`.
     async fn lost(&mut self, cell: u64, started: Instant) -> Result<CellResult, SandboxError> {
         self.dead = true;
-        let exit = self.wait_exit(Duration::from_secs(2)).await;
+        let exit = self.wait_exit(EXIT_REPORT_WAIT).await;
         let oom = self
             .group
             .as_ref()
@@ -2128,6 +2132,20 @@ impl Worker {
                         self.record_incident(cell, &format!("the zygote is gone ({reason})"));
                         return Err(SandboxError::ZygoteGone(reason));
                     }
+                    // No exit report: nothing shows the program killed it
+                    // (a crash of its own is reported at once), so it is not
+                    // data; the question runs again.
+                    let detail = format!(
+                        "it vanished with no exit report within {} s",
+                        EXIT_REPORT_WAIT.as_secs()
+                    );
+                    self.record_incident(cell, &detail);
+                    return Err(SandboxError::WorkerKilled {
+                        worker_id: self.id,
+                        host_pid: self.host_pid,
+                        cell,
+                        detail,
+                    });
                 }
                 _ => {}
             }
@@ -2316,7 +2334,11 @@ impl Task {
         let mut worker = worker;
         self.cells += 1;
         let result = worker.exec(code).await;
-        if worker.is_alive() {
+        // A worker that answered and then died (killed right after its
+        // reply) is kept, so the next cell judges how it died (`idle_loss`)
+        // instead of silently going on in a fresh worker without the state.
+        let answered = matches!(&result, Ok(r) if !r.status.lost_worker());
+        if worker.is_alive() || answered {
             self.worker = Some(worker);
         }
         result
