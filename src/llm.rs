@@ -772,7 +772,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<
     value("retry-after-ms")
         .and_then(|ms| ms.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        // A value past what a Duration holds (say 1e30) is "very long",
+        // capped by the caller; never a panic.
+        .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX))
         .or_else(|| value("retry-after").and_then(|v| parse_retry_after(v, now)))
 }
 
@@ -990,6 +992,24 @@ mod tests {
             retry_after(&headers, now),
             Some(Duration::from_millis(1500))
         );
+        // Hostile values: huge, not finite, negative, not numbers. None
+        // panics; a huge one is "as long as possible" (the caller caps it).
+        for (value, expected) in [
+            ("1e30", Some(Duration::MAX)),
+            ("1e308", Some(Duration::MAX)),
+            ("inf", Some(Duration::from_secs(7))),
+            ("NaN", Some(Duration::from_secs(7))),
+            ("-5", Some(Duration::from_secs(7))),
+            ("soon", Some(Duration::from_secs(7))),
+        ] {
+            headers.insert("retry-after-ms", value.parse().unwrap());
+            assert_eq!(retry_after(&headers, now), expected, "{value}");
+        }
+        headers.remove("retry-after-ms");
+        for value in ["18446744073709551615", "1e30", "99999999999999999999999"] {
+            headers.insert("retry-after", value.parse().unwrap());
+            let _ = retry_after(&headers, now);
+        }
     }
 
     #[test]
