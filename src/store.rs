@@ -239,7 +239,8 @@ impl EpisodeLog {
             .collect())
     }
 
-    /// Append one record as one line with one write, and sync it.
+    /// Append one record as one line and sync it. A failed append leaves the
+    /// file as it was (cut back to its length before), never a fragment.
     pub fn append<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Json {
             path: self.path.clone(),
@@ -248,9 +249,20 @@ impl EpisodeLog {
         })?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(&line).map_err(io("writing", &self.path))?;
-        file.sync_data().map_err(io("syncing", &self.path))?;
-        Ok(())
+        // A write may land only in part (a full disk, a file-size limit):
+        // the file goes back to where it was before the error is returned,
+        // so the next line never joins a fragment of this one.
+        let before = file.metadata().map_err(io("measuring", &self.path))?.len();
+        let written = file
+            .write_all(&line)
+            .and_then(|()| file.sync_data())
+            .map_err(io("writing", &self.path));
+        if written.is_err() {
+            // If even the cut fails, the torn tail is repaired when the log
+            // is next opened (`repair_tail`).
+            let _ = file.set_len(before);
+        }
+        written
     }
 }
 
