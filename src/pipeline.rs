@@ -23,7 +23,7 @@ use tracing::{info, warn, Instrument};
 
 mod health;
 
-pub use health::{Exhausted, Incidents, Jail, Recovery};
+pub use health::{Exhausted, GiveUp, Incidents, Jail, Recovery};
 
 use crate::datasets::Dataset;
 use crate::llm::Chat;
@@ -615,15 +615,15 @@ async fn profile_dataset(jail: &Jail) -> Result<DataProfile, String> {
         match outcome {
             Ok(p) => return Ok(p),
             Err(crate::profile::ProfileError::Sandbox(e)) if e.is_infrastructure() => {
-                jail.lost("profile", &e);
-                if attempt > jail.recovery().max_retries {
-                    return Err(format!(
-                        "profiling failed {attempt} times on infrastructure failures; last: {e}"
-                    ));
-                }
-                jail.recover(generation).await.map_err(|x| x.to_string())?;
-                attempt += 1;
-                jail.retry("profile", attempt);
+                attempt = match jail.after_failure("profile", &e, generation, attempt).await {
+                    Ok(next) => next,
+                    Err(GiveUp::Retries) => {
+                        return Err(format!(
+                            "profiling failed {attempt} times on infrastructure failures; last: {e}"
+                        ))
+                    }
+                    Err(GiveUp::Restarts(x)) => return Err(x.to_string()),
+                };
             }
             Err(e) => return Err(format!("profiling failed: {e}")),
         }
@@ -987,13 +987,10 @@ async fn ground_truth_with_retries(
         match establish_ground_truth(&sandbox, question.clone()).await {
             Err(GroundTruthError::Infrastructure(e)) => {
                 let what = format!("ground truth of {}", question.id);
-                jail.lost(&what, &e);
-                if attempt > jail.recovery().max_retries || jail.recover(generation).await.is_err()
-                {
-                    return Err(GroundTruthError::Infrastructure(e));
+                match jail.after_failure(&what, &e, generation, attempt).await {
+                    Ok(next) => attempt = next,
+                    Err(_) => return Err(GroundTruthError::Infrastructure(e)),
                 }
-                attempt += 1;
-                jail.retry(&what, attempt);
             }
             other => return other,
         }
@@ -1026,22 +1023,17 @@ async fn answer_question(
                 // Never an episode: run the question again in a healthy
                 // sandbox, within the retry and restart budgets.
                 shared.add_usage(slug, &usage);
-                jail.lost(&id, &error);
-                let gave_up = if attempt > jail.recovery().max_retries {
-                    Some(format!(
-                        "{attempt} attempts failed on the infrastructure; last: {error}"
-                    ))
-                } else {
-                    jail.recover(generation)
-                        .await
-                        .err()
-                        .map(|x| format!("{x} (while answering: {error})"))
+                let reason = match jail.after_failure(&id, &error, generation, attempt).await {
+                    Ok(next) => {
+                        attempt = next;
+                        continue;
+                    }
+                    Err(GiveUp::Retries) => {
+                        format!("{attempt} attempts failed on the infrastructure; last: {error}")
+                    }
+                    Err(GiveUp::Restarts(x)) => format!("{x} (while answering: {error})"),
                 };
-                if let Some(reason) = gave_up {
-                    break Err(("infrastructure", format!("question {id}: {reason}")));
-                }
-                attempt += 1;
-                jail.retry(&id, attempt);
+                break Err(("infrastructure", format!("question {id}: {reason}")));
             }
             Ok(run) => break Ok(run),
             Err(e) => {

@@ -26,6 +26,14 @@ pub struct Recovery {
     pub max_retries: u32,
 }
 
+impl Recovery {
+    /// The wait before restart number `restart` (counting from 1).
+    fn backoff_before(&self, restart: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << restart.saturating_sub(1).min(10))
+    }
+}
+
 impl Default for Recovery {
     fn default() -> Self {
         Recovery {
@@ -64,6 +72,15 @@ impl Incidents {
     pub fn is_empty(&self) -> bool {
         *self == Incidents::default()
     }
+}
+
+/// Why a task that met the infrastructure is not run again.
+#[derive(Debug)]
+pub enum GiveUp {
+    /// It failed on the infrastructure `max_retries` + 1 times.
+    Retries,
+    /// The dataset's sandbox could not be replaced.
+    Restarts(Exhausted),
 }
 
 /// The dataset's sandbox could not be kept alive.
@@ -105,7 +122,7 @@ impl Jail {
                 Ok(sandbox) => break sandbox,
                 Err(e) if e.is_infrastructure() && restarts < recovery.max_restarts => {
                     restarts += 1;
-                    let wait = recovery.backoff.saturating_mul(1 << (restarts - 1).min(10));
+                    let wait = recovery.backoff_before(restarts);
                     warn!(
                         "incident: the sandbox did not start ({e}); restart {restarts} of {} after {:.1} s",
                         recovery.max_restarts,
@@ -131,10 +148,6 @@ impl Jail {
         })
     }
 
-    pub fn recovery(&self) -> Recovery {
-        self.recovery
-    }
-
     /// The live sandbox and its generation (a shared handle).
     pub async fn current(&self) -> (u64, Sandbox) {
         let current = self.current.lock().await;
@@ -153,15 +166,36 @@ impl Jail {
 
     /// An infrastructure failure of a trace of `what` (a question id, or
     /// `profile`): logged and counted as a worker lost.
-    pub fn lost(&self, what: &str, error: &dyn std::fmt::Display) {
+    fn lost(&self, what: &str, error: &dyn std::fmt::Display) {
         warn!("incident: worker lost ({what}): {error}");
         self.count(|i| i.workers_lost += 1);
     }
 
     /// `what` is run again (attempt `attempt`, counting from 2).
-    pub fn retry(&self, what: &str, attempt: u32) {
+    fn retry(&self, what: &str, attempt: u32) {
         warn!("incident: retry {what} (attempt {attempt})");
         self.count(|i| i.retries += 1);
+    }
+
+    /// One step of every retry loop: attempt `attempt` of `what` (a
+    /// question id, `ground truth of …`, `profile`) failed on the
+    /// infrastructure in sandbox generation `generation`. Logged and counted
+    /// as a lost worker; then either the number of the next attempt (a dead
+    /// sandbox replaced first, the retry logged and counted) or why not.
+    pub async fn after_failure(
+        &self,
+        what: &str,
+        error: &dyn std::fmt::Display,
+        generation: u64,
+        attempt: u32,
+    ) -> Result<u32, GiveUp> {
+        self.lost(what, error);
+        if attempt > self.recovery.max_retries {
+            return Err(GiveUp::Retries);
+        }
+        self.recover(generation).await.map_err(GiveUp::Restarts)?;
+        self.retry(what, attempt + 1);
+        Ok(attempt + 1)
     }
 
     /// After an infrastructure failure seen in generation `generation`:
@@ -202,10 +236,7 @@ impl Jail {
                 *r += 1;
                 *r
             };
-            let wait = self
-                .recovery
-                .backoff
-                .saturating_mul(1 << (restarts - 1).min(10));
+            let wait = self.recovery.backoff_before(restarts);
             tokio::time::sleep(wait).await;
             self.count(|i| i.restarts += 1);
             match Sandbox::start(self.opts.clone()).await {

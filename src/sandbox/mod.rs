@@ -716,10 +716,6 @@ pub fn check_image_location(path: &Path) -> Result<(), SandboxError> {
     }
 }
 
-/// The zygote's configuration (its only argument). `worker_paths` is what a
-/// worker's own Landlock domain keeps: everything the jail's domain allows
-/// except the shared scratch root (`scratch`), of which each worker gets only
-/// its own `task-<id>` directory.
 /// What the zygote does to each worker before its first cell, beyond its
 /// Landlock domain: the uid it switches to and the seccomp filter it adds.
 #[derive(Debug, Clone)]
@@ -731,6 +727,10 @@ struct WorkerSetup {
     extra_worker_paths: Vec<String>,
 }
 
+/// The zygote's configuration (its only argument). `worker_paths` is what a
+/// worker's own Landlock domain keeps: everything the jail's domain allows
+/// except the shared scratch root (`scratch`), of which each worker gets only
+/// its own `task-<id>` directory.
 fn zygote_config(
     csv_path: &str,
     limits: &Limits,
@@ -1351,7 +1351,7 @@ impl Sandbox {
     }
     /// Why the zygote is gone, once it is.
     pub fn gone_reason(&self) -> Option<String> {
-        self.shared.zygote_gone.lock().ok().and_then(|g| g.clone())
+        self.shared.gone_reason()
     }
     /// Host pid of the jail's monitor (`csv-agent __jail-init`).
     pub fn monitor_host_pid(&self) -> Option<u32> {
@@ -1668,7 +1668,7 @@ fn pidfd_inner_pid(pidfd: &OwnedFd) -> Option<i32> {
 }
 
 async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
-    if let Some(reason) = shared.zygote_gone.lock().ok().and_then(|g| g.clone()) {
+    if let Some(reason) = shared.gone_reason() {
         return Err(SandboxError::ZygoteGone(reason));
     }
     let worker_id = shared.next_worker.fetch_add(1, Ordering::Relaxed);
@@ -1906,6 +1906,13 @@ async fn shutdown_shared(shared: &Arc<Shared>) {
     }
 }
 
+impl Shared {
+    /// Why the zygote is gone, once it is.
+    fn gone_reason(&self) -> Option<String> {
+        self.zygote_gone.lock().ok().and_then(|g| g.clone())
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // Last handle gone without shutdown(): dropping the JailProcess
@@ -1975,7 +1982,7 @@ impl Worker {
     /// gone. `None` when its own code may have done it (another signal or
     /// an exit from a thread it left running).
     fn idle_loss(&self, cell: u64) -> Option<SandboxError> {
-        if let Some(reason) = self.shared.zygote_gone.lock().ok().and_then(|g| g.clone()) {
+        if let Some(reason) = self.shared.gone_reason() {
             return Some(SandboxError::ZygoteGone(reason));
         }
         let exit = self
@@ -1993,16 +2000,10 @@ impl Worker {
             Some(ExitInfo {
                 signal: Some(libc::SIGKILL),
                 ..
-            }) if !oom => {
-                let detail = "SIGKILL between cells, with no OOM event in its cgroup".to_string();
-                self.record_incident(cell, &detail);
-                Some(SandboxError::WorkerKilled {
-                    worker_id: self.id,
-                    host_pid: self.host_pid,
-                    cell,
-                    detail,
-                })
-            }
+            }) if !oom => Some(self.killed_from_outside(
+                cell,
+                "SIGKILL between cells, with no OOM event in its cgroup".to_string(),
+            )),
             _ => None,
         }
     }
@@ -2115,37 +2116,26 @@ impl Worker {
                     signal: Some(libc::SIGKILL),
                     ..
                 }) => {
-                    let detail =
-                        "SIGKILL with no timeout and no OOM event in its cgroup".to_string();
-                    self.record_incident(cell, &detail);
-                    return Err(SandboxError::WorkerKilled {
-                        worker_id: self.id,
-                        host_pid: self.host_pid,
+                    return Err(self.killed_from_outside(
                         cell,
-                        detail,
-                    });
+                        "SIGKILL with no timeout and no OOM event in its cgroup".to_string(),
+                    ));
                 }
                 None => {
-                    if let Some(reason) =
-                        self.shared.zygote_gone.lock().ok().and_then(|g| g.clone())
-                    {
+                    if let Some(reason) = self.shared.gone_reason() {
                         self.record_incident(cell, &format!("the zygote is gone ({reason})"));
                         return Err(SandboxError::ZygoteGone(reason));
                     }
                     // No exit report: nothing shows the program killed it
                     // (a crash of its own is reported at once), so it is not
                     // data; the question runs again.
-                    let detail = format!(
-                        "it vanished with no exit report within {} s",
-                        EXIT_REPORT_WAIT.as_secs()
-                    );
-                    self.record_incident(cell, &detail);
-                    return Err(SandboxError::WorkerKilled {
-                        worker_id: self.id,
-                        host_pid: self.host_pid,
+                    return Err(self.killed_from_outside(
                         cell,
-                        detail,
-                    });
+                        format!(
+                            "it vanished with no exit report within {} s",
+                            EXIT_REPORT_WAIT.as_secs()
+                        ),
+                    ));
                 }
                 _ => {}
             }
@@ -2178,6 +2168,18 @@ impl Worker {
         };
         self.record_fault(cell, status, &detail);
         Ok(CellResult::lost(status, kind, detail, started.elapsed()))
+    }
+
+    /// The worker was lost to something outside its code (during or after
+    /// cell `cell`): logged as such, and the infrastructure error for it.
+    fn killed_from_outside(&self, cell: u64, detail: String) -> SandboxError {
+        self.record_incident(cell, &detail);
+        SandboxError::WorkerKilled {
+            worker_id: self.id,
+            host_pid: self.host_pid,
+            cell,
+            detail,
+        }
     }
 
     /// A worker lost to the infrastructure: logged, not a fault of its code.
