@@ -953,6 +953,15 @@ class Trash:
             self.current.close()
 
 
+def _kill_worker(pid: int) -> None:
+    """SIGKILL a worker's process group (it leads its session) and the worker."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 class Zygote:
     """The fork server: one per jail, PID 1 of its pid namespace."""
 
@@ -1157,11 +1166,7 @@ class Zygote:
         worker_id = self.workers.pop(pid, None)
         if worker_id is not None:
             self.abandoned[pid] = worker_id
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        _kill_worker(pid)
 
     def _drain_wakeup(self) -> None:
         try:
@@ -1222,11 +1227,7 @@ class Zygote:
     def shutdown(self) -> None:
         pids = list(self.workers) + list(self.abandoned)
         for pid in pids:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            _kill_worker(pid)
         for pid in pids:
             try:
                 os.waitpid(pid, 0)
@@ -1782,8 +1783,7 @@ class Worker:
         stdout, stdout_cut = self.stdout.collect()
         stderr, stderr_cut = self.stderr.collect()
         if result is not None:
-            encoded = _clean_str(result).encode("utf-8")
-            result, _ = cap_output(encoded, len(encoded), self.config.max_output)
+            result = self._cap_text(_clean_str(result))
         return {
             "type": "result",
             "cell": cell,
