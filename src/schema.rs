@@ -295,6 +295,31 @@ pub struct Triangulation {
     pub gold_matches_ground_truth: Option<bool>,
     /// Size of each answer cluster among the consistency traces, largest first.
     pub cluster_sizes: Vec<u32>,
+    /// The trace whose answer every trace is judged against, as an index
+    /// into [gold, consistency…] (0 is the gold trace): the gold trace when
+    /// it matches the majority, else the first member of the majority
+    /// cluster; none when no consistency trace answered. Absent in episodes
+    /// written before it existed (readers recompute it with
+    /// `teacher::triangulation::triangulate`, the one definition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_trace: Option<u32>,
+    /// The verdict on each trace, gold first, then the consistency traces
+    /// in order. Training labels (agreeing, chosen / rejected, PRM, KTO)
+    /// come from here and nowhere else. Empty in older episodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace_verdicts: Vec<TraceVerdict>,
+}
+
+/// Whether one trace's answer agrees with the episode's reference answer,
+/// and why not when it does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceVerdict {
+    /// The trace succeeded and its answer matches the reference (tolerant
+    /// match). A failed trace never agrees, whatever it submitted.
+    pub agrees: bool,
+    /// Why it does not agree (none when it does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

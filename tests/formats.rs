@@ -377,6 +377,128 @@ fn unverified_episodes_are_judged_by_their_majority_when_included() {
     assert_eq!(row["answer"], "800.78");
 }
 
+/// Two episodes on which the export used to hold a second opinion: a
+/// verified one whose second consistency trace submitted the right answer
+/// and then failed (the old export called it agreeing: it looked at the
+/// answer whatever the trace's success; triangulation did not count it),
+/// and an unverified one whose three answers tie (the old export found no
+/// majority and skipped it; triangulation takes the earliest cluster).
+/// Each is written twice: with the verdict stored (as a run writes it now)
+/// and without it (an episode from before): both export the verdict's labels.
+fn disputed_episodes(dir: &Path) -> (PathBuf, Vec<Vec<bool>>) {
+    use csv_agent::schema::Episode;
+    use csv_agent::teacher::triangulate;
+    let text = std::fs::read_to_string(episodes_fixture()).unwrap();
+    let golden: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A failed trace with the right answer.
+    let mut failed = golden[0].clone();
+    failed["episode_id"] = json!("failed-with-answer");
+    failed["consistency_traces"][1]["success"] = json!(false);
+    failed["consistency_traces"][1]["error"] = json!("step 2: ValueError: after the submit");
+    // A tie: gold 801.95, the alternatives 800.78 and 700.0.
+    let mut tie = golden[1].clone();
+    tie["episode_id"] = json!("tie");
+    tie["consistency_traces"][1]["final_answer"] = json!(700.0);
+    tie["consistency_traces"][1]["turns"][0]["execution"]["submitted_answer"] = json!(700.0);
+    let mut out = String::new();
+    let mut want = Vec::new();
+    for raw in [failed, tie] {
+        let mut episode: Episode = serde_json::from_value(raw.clone()).unwrap();
+        let verdict = triangulate(
+            &episode.question,
+            &episode.gold_trace,
+            &episode.consistency_traces,
+        );
+        episode.verified = verdict.verified;
+        episode.triangulation = verdict.triangulation.clone();
+        let labels: Vec<bool> = verdict
+            .triangulation
+            .trace_verdicts
+            .iter()
+            .map(|v| v.agrees)
+            .collect();
+        // Stored, as a run writes it now.
+        out.push_str(&serde_json::to_string(&episode).unwrap());
+        out.push('\n');
+        // As an older run wrote it: no reference, no per-trace verdicts.
+        let mut old = serde_json::to_value(&episode).unwrap();
+        let tri = old["triangulation"].as_object_mut().unwrap();
+        tri.remove("reference_trace");
+        tri.remove("trace_verdicts");
+        out.push_str(&serde_json::to_string(&old).unwrap());
+        out.push('\n');
+        want.push(labels.clone());
+        want.push(labels);
+    }
+    let path = dir.join("disputed.jsonl");
+    std::fs::write(&path, out).unwrap();
+    (path, want)
+}
+
+#[test]
+fn exports_label_traces_by_the_verdict_not_a_second_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (episodes, want) = disputed_episodes(dir.path());
+    assert_eq!(
+        want,
+        [
+            vec![true, true, false],
+            vec![true, true, false],
+            vec![false, true, false],
+            vec![false, true, false]
+        ],
+        "the verdicts: the failed trace does not agree; the tie goes to the earliest cluster"
+    );
+    let flat: Vec<bool> = want.concat();
+    let kto = lines(&export(
+        dir.path(),
+        &episodes,
+        "kto",
+        "trl",
+        &["--include-unverified"],
+    ));
+    let got: Vec<bool> = kto.iter().map(|r| r["label"].as_bool().unwrap()).collect();
+    assert_eq!(got, flat, "kto labels");
+    let prm = lines(&export(
+        dir.path(),
+        &episodes,
+        "prm",
+        "trl",
+        &["--include-unverified"],
+    ));
+    let last: Vec<bool> = prm
+        .iter()
+        .map(|r| *r["labels"].as_array().unwrap().last().unwrap() == json!(true))
+        .collect();
+    assert_eq!(last, flat, "prm: a trace that does not agree ends false");
+    let dpo = lines(&export(
+        dir.path(),
+        &episodes,
+        "dpo",
+        "trl",
+        &["--include-unverified"],
+    ));
+    assert_eq!(
+        dpo.len(),
+        flat.iter().filter(|a| !**a).count(),
+        "dpo: one pair per trace that does not agree"
+    );
+    // The failed trace is rejected, never chosen.
+    let failed_code = "np.nanpercentile";
+    assert!(dpo
+        .iter()
+        .all(|r| !r["chosen"].to_string().contains(failed_code)));
+    assert_eq!(
+        dpo.iter()
+            .filter(|r| r["rejected"].to_string().contains(failed_code))
+            .count(),
+        2
+    );
+}
+
 #[test]
 fn prm_labels_follow_the_first_divergent_hook() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,9 +25,9 @@ use std::str::FromStr;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::answers::{answers_match, vote};
 use crate::schema::{Episode, Execution, Question, Trace, Turn};
 use crate::store::{self, StoreError};
+use crate::teacher::triangulation::trace_labels;
 
 pub use rl::{reward, Expected, HOOK_WEIGHT};
 
@@ -242,8 +242,8 @@ pub struct ExportReport {
     pub records: usize,
     /// Unverified episodes left out (no `--include-unverified`).
     pub skipped_unverified: usize,
-    /// Episodes with no answer to judge traces by (unverified without a
-    /// clear majority, or a gold trace without an answer).
+    /// Episodes whose verdict names no reference answer (no consistency
+    /// trace answered).
     pub skipped_no_reference: usize,
     /// Episodes that were used but gave no record (e.g. dpo: nothing to reject).
     pub without_records: usize,
@@ -420,8 +420,8 @@ pub(crate) fn to_line<T: Serialize>(record: &T) -> Result<String, FormatError> {
 /// An episode with the answer its traces are judged against.
 pub(crate) struct Judged<'e> {
     pub episode: &'e Episode,
-    /// The verified answer (the gold trace's), or with
-    /// `--include-unverified` the clear majority answer of all traces.
+    /// The verdict's reference answer (the gold answer of a verified
+    /// episode; with `--include-unverified`, the majority's).
     pub reference: &'e Value,
     /// The gold trace first, then the consistency traces in order.
     pub traces: Vec<JudgedTrace<'e>>,
@@ -431,7 +431,8 @@ pub(crate) struct JudgedTrace<'e> {
     pub trace: &'e Trace,
     /// The gold trace: the one that was given the hint.
     pub is_gold: bool,
-    /// Its answer (last `submit`, whatever its `success`) matches the reference.
+    /// The verdict's label: the trace succeeded and its answer matches the
+    /// reference.
     pub agrees: bool,
 }
 
@@ -447,33 +448,22 @@ pub(crate) enum Skip {
     NoReference,
 }
 
-/// The reference answer of an episode and the verdict on each trace.
+/// The reference answer of an episode and the label of each trace, as the
+/// triangulation decided them (read from the episode; recomputed by the
+/// same function for episodes written before the labels were stored).
+/// Nothing here votes or matches answers.
 pub(crate) fn judge(episode: &Episode, include_unverified: bool) -> Result<Judged<'_>, Skip> {
-    let all: Vec<(&Trace, bool)> = std::iter::once((&episode.gold_trace, true))
-        .chain(episode.consistency_traces.iter().map(|t| (t, false)))
-        .collect();
-    let reference = if episode.verified {
-        // Verified means the gold trace submitted; without an answer there is
-        // nothing to judge by (a malformed episode).
-        episode
-            .gold_trace
-            .final_answer
-            .as_ref()
-            .ok_or(Skip::NoReference)?
-    } else if include_unverified {
-        majority_answer(&all).ok_or(Skip::NoReference)?
-    } else {
+    if !episode.verified && !include_unverified {
         return Err(Skip::Unverified);
-    };
-    let traces = all
-        .into_iter()
-        .map(|(trace, is_gold)| JudgedTrace {
+    }
+    let (reference, labels) = trace_labels(episode).ok_or(Skip::NoReference)?;
+    let traces = std::iter::once((&episode.gold_trace, true))
+        .chain(episode.consistency_traces.iter().map(|t| (t, false)))
+        .zip(labels)
+        .map(|((trace, is_gold), verdict)| JudgedTrace {
             trace,
             is_gold,
-            agrees: trace
-                .final_answer
-                .as_ref()
-                .is_some_and(|a| answers_match(a, reference)),
+            agrees: verdict.agrees,
         })
         .collect();
     Ok(Judged {
@@ -481,27 +471,6 @@ pub(crate) fn judge(episode: &Episode, include_unverified: bool) -> Result<Judge
         reference,
         traces,
     })
-}
-
-/// The answer of the largest cluster, when it has at least two members and
-/// no other cluster is as large: anything less is no majority.
-fn majority_answer<'e>(traces: &[(&'e Trace, bool)]) -> Option<&'e Value> {
-    let answers: Vec<Option<&Value>> = traces
-        .iter()
-        .map(|(t, _)| t.final_answer.as_ref())
-        .collect();
-    let v = vote(&answers);
-    let top = v.majority_cluster()?;
-    let tied = v
-        .clusters
-        .iter()
-        .filter(|c| c.members.len() == top.members.len())
-        .count();
-    if top.members.len() < 2 || tied > 1 {
-        return None;
-    }
-    let first = *top.members.first()?;
-    answers.get(first).copied().flatten()
 }
 
 // ------------------------------------------------------------ rendering
@@ -728,34 +697,6 @@ mod tests {
             error: None,
             elapsed_ms: 1.0,
         }
-    }
-
-    fn answered(answer: Option<Value>) -> Trace {
-        Trace {
-            turns: Vec::new(),
-            final_answer_hash: answer.as_ref().map(crate::answers::answer_hash),
-            final_answer: answer,
-            success: true,
-            label: String::new(),
-            ..Trace::default()
-        }
-    }
-
-    #[test]
-    fn a_majority_needs_two_members_and_no_tie() {
-        let (a, b, none) = (
-            answered(Some(json!(1))),
-            answered(Some(json!(2))),
-            answered(None),
-        );
-        let pick = |ts: &[&Trace]| {
-            let all: Vec<(&Trace, bool)> = ts.iter().map(|t| (*t, false)).collect();
-            majority_answer(&all).cloned()
-        };
-        assert_eq!(pick(&[&a, &b, &b]), Some(json!(2)));
-        assert_eq!(pick(&[&a, &b, &none]), None, "a tie of ones");
-        assert_eq!(pick(&[&a, &a, &b, &b]), None, "a tie of twos");
-        assert_eq!(pick(&[&a, &none]), None, "a lone answer");
     }
 
     #[test]

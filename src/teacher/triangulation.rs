@@ -3,11 +3,20 @@
 //! majority of the consistency traces (tolerant matching, ties to the
 //! earliest cluster), at least one consistency trace agrees with it, and,
 //! where the question has ground truth, it matches that too.
+//!
+//! The verdict also names the reference answer (the gold answer when it
+//! matches the majority, else the majority's) and says of every trace
+//! whether it agrees with it. This is the only place that decides which
+//! trace is right: the training formats read those labels from the episode
+//! and never vote again ([`trace_labels`] recomputes them here, with this
+//! same function, for episodes written before they were stored).
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 
 use crate::answers::{answers_match, vote};
-use crate::schema::{Question, Trace, Triangulation};
+use crate::schema::{Episode, Question, Trace, TraceVerdict, Triangulation};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -53,6 +62,62 @@ fn shown(v: &Value) -> String {
     } else {
         s
     }
+}
+
+/// One trace against the reference answer: only a trace that succeeded
+/// counts, as in the vote.
+fn trace_verdict(trace: &Trace, reference: Option<&Value>) -> TraceVerdict {
+    let why_not = match (
+        trace.final_answer.as_ref().filter(|_| trace.success),
+        reference,
+    ) {
+        (_, None) => Some("no reference answer: no consistency trace answered".to_string()),
+        (None, _) => Some(match (&trace.error, &trace.final_answer) {
+            (Some(e), _) => format!("the trace failed: {e}"),
+            (None, Some(_)) => "the trace failed after its answer".to_string(),
+            (None, None) => "the trace gave no answer".to_string(),
+        }),
+        (Some(a), Some(r)) if !answers_match(a, r) => {
+            Some(format!("gave {}, the reference is {}", shown(a), shown(r)))
+        }
+        (Some(_), Some(_)) => None,
+    };
+    TraceVerdict {
+        agrees: why_not.is_none(),
+        why_not,
+    }
+}
+
+/// The stored verdict of an episode, or, for an episode written before
+/// per-trace verdicts were stored, the one [`triangulate`] gives now.
+pub fn episode_triangulation(episode: &Episode) -> Cow<'_, Triangulation> {
+    let stored = &episode.triangulation;
+    if stored.trace_verdicts.len() == 1 + episode.consistency_traces.len() {
+        Cow::Borrowed(stored)
+    } else {
+        Cow::Owned(
+            triangulate(
+                &episode.question,
+                &episode.gold_trace,
+                &episode.consistency_traces,
+            )
+            .triangulation,
+        )
+    }
+}
+
+/// The reference answer and the per-trace labels ([gold, consistency…])
+/// of an episode, from its verdict: `None` when there is no reference.
+pub fn trace_labels(episode: &Episode) -> Option<(&Value, Vec<TraceVerdict>)> {
+    let tri = episode_triangulation(episode);
+    let index = tri.reference_trace? as usize;
+    let trace = if index == 0 {
+        &episode.gold_trace
+    } else {
+        episode.consistency_traces.get(index - 1)?
+    };
+    let reference = trace.final_answer.as_ref()?;
+    Some((reference, tri.into_owned().trace_verdicts))
 }
 
 pub fn triangulate(question: &Question, gold: &Trace, consistency: &[Trace]) -> Verdict {
@@ -143,9 +208,26 @@ pub fn triangulate(question: &Question, gold: &Trace, consistency: &[Trace]) -> 
             Diagnosis::TooHard
         }
     });
+    // The reference: the gold answer when it is the majority's, otherwise
+    // the majority cluster's first member (ties went to the earliest
+    // cluster, as for `verified`).
+    let reference: Option<(u32, &Value)> = if gold_matches_majority {
+        gold_answer.map(|g| (0, g))
+    } else {
+        majority.and_then(|c| {
+            let first = *c.members.first()?;
+            answers[first].map(|a| (first as u32 + 1, a))
+        })
+    };
+    let trace_verdicts: Vec<TraceVerdict> = std::iter::once(gold)
+        .chain(consistency.iter())
+        .map(|t| trace_verdict(t, reference.map(|(_, r)| r)))
+        .collect();
     Verdict {
         diagnosis,
         triangulation: Triangulation {
+            reference_trace: reference.map(|(i, _)| i),
+            trace_verdicts,
             n_consistency_runs: consistency.len() as u32,
             n_consistency_succeeded: succeeded as u32,
             majority_answer_hash: majority.map(|c| c.hash.clone()),
@@ -318,5 +400,58 @@ mod tests {
             d(Some(json!(5)), Some(json!(1)), vec![Some(json!(1))]),
             Some("too_hard")
         );
+    }
+
+    #[test]
+    fn every_trace_gets_a_label_and_failed_traces_never_agree() {
+        let mut late_failure = trace("b", Some(json!(1)));
+        late_failure.success = false;
+        late_failure.error = Some("step 2: boom".into());
+        let v = triangulate(
+            &question(None),
+            &trace("reference", Some(json!(1))),
+            &[
+                trace("a", Some(json!(1))),
+                late_failure,
+                trace("c", Some(json!(2))),
+            ],
+        );
+        assert!(v.verified, "{:?}", v.reason);
+        assert_eq!(v.triangulation.reference_trace, Some(0));
+        let agrees: Vec<bool> = v
+            .triangulation
+            .trace_verdicts
+            .iter()
+            .map(|t| t.agrees)
+            .collect();
+        assert_eq!(agrees, [true, true, false, false]);
+        let why = |i: usize| v.triangulation.trace_verdicts[i].why_not.clone().unwrap();
+        assert!(why(2).contains("step 2: boom"), "{}", why(2));
+        assert!(why(3).contains("gave 2"), "{}", why(3));
+    }
+
+    #[test]
+    fn a_tie_is_judged_against_the_earliest_cluster() {
+        let v = triangulate(
+            &question(None),
+            &trace("reference", Some(json!(1))),
+            &[trace("a", Some(json!(2))), trace("b", Some(json!(3)))],
+        );
+        assert!(!v.verified);
+        assert_eq!(v.triangulation.reference_trace, Some(1));
+        let agrees: Vec<bool> = v
+            .triangulation
+            .trace_verdicts
+            .iter()
+            .map(|t| t.agrees)
+            .collect();
+        assert_eq!(agrees, [false, true, false]);
+        let none = triangulate(
+            &question(None),
+            &trace("reference", Some(json!(1))),
+            &[trace("a", None)],
+        );
+        assert_eq!(none.triangulation.reference_trace, None);
+        assert!(none.triangulation.trace_verdicts.iter().all(|t| !t.agrees));
     }
 }
