@@ -389,8 +389,8 @@ struct Counting {
 
 impl Reporter for Counting {
     fn dataset_started(&self, _: &str, _: usize, _: usize) {}
-    fn question_finished(&self, _: &str, status: &str) {
-        if status == "failed" {
+    fn question_finished(&self, _: &str, status: csv_agent::store::QuestionStatus) {
+        if status == csv_agent::store::QuestionStatus::Failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         } else {
             self.episodes.fetch_add(1, Ordering::Relaxed);

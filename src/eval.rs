@@ -25,7 +25,7 @@ use crate::llm::Chat;
 use crate::pipeline::dataset_hash;
 use crate::profile::profile;
 use crate::sandbox::{Image, Sandbox, SandboxOptions};
-use crate::schema::{Difficulty, Episode, Hook, Trace, Usage};
+use crate::schema::{Difficulty, Episode, Hook, StopReason, Trace, Usage};
 use crate::store::{self, StoreError};
 use crate::teacher::agent::{prompt_version, run_agent, AgentConfig, Role};
 
@@ -495,8 +495,8 @@ async fn student(
         "student",
     )
     .await;
-    match trace.stop.as_deref() {
-        Some("model_error") => {
+    match trace.stop_reason() {
+        Some(StopReason::ModelError) => {
             let error = trace
                 .error
                 .clone()
@@ -504,7 +504,7 @@ async fn student(
             let _ = stop.set(error);
             return Outcome::ModelFailed(trace.usage);
         }
-        Some("worker_lost") if trace.turns.is_empty() => {
+        Some(StopReason::WorkerLost) if trace.turns.is_empty() => {
             let error = trace.error.clone().unwrap_or_else(|| "no worker".into());
             return Outcome::SandboxFailed(index, error);
         }

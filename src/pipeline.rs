@@ -10,6 +10,15 @@
 //!
 //! Progress goes through [`Reporter`]; log lines through `tracing`, inside a
 //! `dataset` span that the CLI routes to `<out>/logs/<slug>.log`.
+//!
+//! The runtime has few threads, so nothing here blocks it: hashing a
+//! dataset, every manifest write and every episode append (with its fsync)
+//! run on tokio's blocking pool ([`Files`], [`dataset_hash_async`]).
+//!
+//! Submodules: `questions` (a dataset's questions and their ground truth),
+//! `answer` (one question → one episode), `resume` (what is done, repair
+//! after a kill), `summary` (what a run reports), `health` (the sandbox
+//! kept alive).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,33 +30,80 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn, Instrument};
 
+mod answer;
 mod health;
+mod questions;
+mod resume;
+mod summary;
 
 pub use health::{Exhausted, GiveUp, Incidents, Jail, Recovery};
+pub use questions::{candidate_questions, questions_path};
+pub use resume::episode_row;
+pub use summary::{dataset_summary, write_summary, DatasetSummary, Failure, RunSummary};
 
 use crate::datasets::Dataset;
 use crate::llm::Chat;
-use crate::profile::{profile, DataProfile};
-use crate::questions::llm::{self as llm_questions, GenerationConfig};
-use crate::questions::{self, establish_ground_truth, GroundTruthError, Template};
-use crate::sandbox::{Image, LimitChoice, Limits, SandboxOptions};
-use crate::schema::Usage;
-use crate::schema::{Episode, Question, Timing};
+use crate::profile::{profile, DataProfile, ProfileError};
+use crate::questions::llm::{GenerationConfig, GenerationError};
+use crate::questions::{self as question_catalog, Template};
+use crate::sandbox::{Image, LimitChoice, Limits, SandboxError, SandboxOptions};
+use crate::schema::{Question, Usage};
 use crate::store::{
-    self, DatasetRow, EpisodeLog, Manifest, OutputLock, QuestionRow, StoreError, EPISODES_FILE,
-    MANIFEST_FILE, QUESTIONS_DIR, SUMMARY_FILE,
+    self, DatasetRow, DatasetStatus, EpisodeLog, Manifest, OutputLock, QuestionRow, QuestionStatus,
+    StoreError, EPISODES_FILE, MANIFEST_FILE,
 };
-use crate::teacher::TeacherError;
-use crate::teacher::{triangulate, Teacher};
+use crate::teacher::Teacher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Template(#[from] questions::TemplateError),
+    Template(#[from] question_catalog::TemplateError),
     #[error("nothing to run: {0}")]
     Nothing(String),
+}
+
+/// Why a dataset failed as a whole. Its text is the reason written to the
+/// manifest, `summary.json` and the table, one line, so each message
+/// includes its cause's; the cause stays reachable, typed, as `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox could not be set up or started.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("the file has a header but no data rows; add rows or remove the dataset")]
+    NoRows,
+    #[error("the file has {columns} column (pandas read it with separator {separator:?}); questions need at least two — check the separator or remove the dataset")]
+    TooFewColumns { columns: u64, separator: String },
+    #[error("profiling failed {attempts} times on infrastructure failures; last: {source}")]
+    ProfileRetries {
+        attempts: u32,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("profiling failed: {0}")]
+    Profile(#[source] ProfileError),
+    /// The sandbox died more often than the restart budget allows.
+    #[error(transparent)]
+    Restarts(#[from] Exhausted),
+    #[error("question generation failed: {0}")]
+    Generation(#[source] GenerationError),
+    /// The run's own files could not be written: its work was not kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("hashing {}: {source}", path.display())]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// `--shard I/N`: this process does the questions whose key falls in part I
@@ -161,7 +217,7 @@ impl std::fmt::Debug for LlmQuestions {
 /// How the pipeline reports progress (the CLI draws bars or prints lines).
 pub trait Reporter: Send + Sync {
     fn dataset_started(&self, slug: &str, questions: usize, already_done: usize);
-    fn question_finished(&self, slug: &str, status: &str);
+    fn question_finished(&self, slug: &str, status: QuestionStatus);
     fn dataset_finished(&self, summary: &DatasetSummary);
 }
 
@@ -170,73 +226,8 @@ pub struct Silent;
 
 impl Reporter for Silent {
     fn dataset_started(&self, _: &str, _: usize, _: usize) {}
-    fn question_finished(&self, _: &str, _: &str) {}
+    fn question_finished(&self, _: &str, _: QuestionStatus) {}
     fn dataset_finished(&self, _: &DatasetSummary) {}
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    pub question_id: String,
-    pub template: Option<String>,
-    pub stage: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetSummary {
-    pub dataset: String,
-    /// done | failed
-    pub status: String,
-    /// Why the whole dataset failed.
-    pub reason: Option<String>,
-    pub questions: u64,
-    pub verified: u64,
-    /// Episodes whose programs disagreed (written, not verified).
-    pub disagreements: u64,
-    pub failures: Vec<Failure>,
-    /// Bindings whose reference answer was degenerate (NaN, infinite,
-    /// undefined), by "template: reason": neither episodes nor failures.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub ineligible: std::collections::BTreeMap<String, u64>,
-    /// Seconds spent on this dataset by the runs that produced it.
-    pub elapsed: f64,
-    /// What the model cost for this dataset in this run (LLM work only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub llm_usage: Option<Usage>,
-    /// Restarts, workers lost, OOM kills, timeouts and retries in this run.
-    #[serde(default)]
-    pub incidents: Incidents,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSummary {
-    pub teacher: String,
-    pub shard: Option<Shard>,
-    pub datasets: Vec<DatasetSummary>,
-    pub episodes: u64,
-    pub verified: u64,
-    pub elapsed: f64,
-    /// What the model cost in this run, all datasets together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub llm_usage: Option<Usage>,
-    /// Set when the run stopped taking questions because the model server
-    /// failed; the questions not done are left for the next run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
-    /// The datasets' incidents of this run, summed.
-    #[serde(default)]
-    pub incidents: Incidents,
-}
-
-impl RunSummary {
-    /// 0 all good, 1 some dataset or question failed, or the run stopped early.
-    pub fn exit_code(&self) -> i32 {
-        let failed = self
-            .datasets
-            .iter()
-            .any(|d| d.status != "done" || !d.failures.is_empty());
-        i32::from(failed || self.stopped.is_some())
-    }
 }
 
 /// The sha256 of the dataset's bytes, first 16 hex digits.
@@ -255,9 +246,60 @@ pub fn dataset_hash(csv: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize())[..16].to_string())
 }
 
+/// [`dataset_hash`] on the blocking pool: a large CSV takes seconds to
+/// read, which would hold one of the runtime's few threads.
+pub async fn dataset_hash_async(csv: &Path) -> Result<String, DatasetError> {
+    let path = csv.to_path_buf();
+    let owned = path.clone();
+    match tokio::task::spawn_blocking(move || dataset_hash(&owned)).await {
+        Ok(Ok(hash)) => Ok(hash),
+        Ok(Err(source)) => Err(DatasetError::Read { path, source }),
+        Err(source) => Err(DatasetError::Task { path, source }),
+    }
+}
+
 /// The episode (and manifest) key of a question under a teacher's settings.
 pub fn fingerprint(question: &Question, teacher: &dyn Teacher) -> String {
-    questions::template::short_hash(&format!("{}\n{}", question.id, teacher.settings()))
+    question_catalog::template::short_hash(&format!("{}\n{}", question.id, teacher.settings()))
+}
+
+/// The run's two files as the async code uses them: every write (a SQLite
+/// statement, an episode append and its fsync) runs on the blocking pool.
+/// Reads of the manifest stay inline: indexed lookups of one row.
+#[derive(Clone)]
+pub(crate) struct Files {
+    pub(crate) episodes: Arc<EpisodeLog>,
+    pub(crate) manifest: Arc<Manifest>,
+}
+
+impl Files {
+    /// Run `work` on the blocking pool. A panic inside is the caller's
+    /// panic, raised again here; a task cancelled by the runtime shutting
+    /// down is a store error (the write may not have happened).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Manifest, &EpisodeLog) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let files = self.clone();
+        match tokio::task::spawn_blocking(move || work(&files.manifest, &files.episodes)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Cancelled),
+        }
+    }
+
+    pub(crate) async fn record_question(&self, row: QuestionRow) -> Result<(), StoreError> {
+        self.blocking(move |m, _| m.record_question(&row)).await
+    }
+
+    pub(crate) async fn record_dataset(&self, row: DatasetRow) -> Result<(), StoreError> {
+        self.blocking(move |m, _| m.record_dataset(&row)).await
+    }
+
+    /// Append one episode line and sync it.
+    pub(crate) async fn append(&self, episode: crate::schema::Episode) -> Result<(), StoreError> {
+        self.blocking(move |_, log| log.append(&episode)).await
+    }
 }
 
 struct Shared {
@@ -266,8 +308,7 @@ struct Shared {
     catalog_hash: String,
     teacher: Arc<dyn Teacher>,
     reporter: Arc<dyn Reporter>,
-    episodes: EpisodeLog,
-    manifest: Manifest,
+    files: Files,
     /// Episode ids already in the episodes file.
     written: std::sync::Mutex<HashSet<String>>,
     /// Model usage of this run, per dataset slug.
@@ -315,18 +356,20 @@ pub async fn run(
     if settings.fresh {
         store::clear_outputs(&settings.out)?;
     }
-    let (catalog, catalog_hash) = questions::catalog_with(settings.templates.as_deref())?;
+    let (catalog, catalog_hash) = question_catalog::catalog_with(settings.templates.as_deref())?;
     let episodes = EpisodeLog::open(&settings.out.join(EPISODES_FILE))?;
     let manifest = Manifest::open(&settings.out.join(MANIFEST_FILE))?;
     let written = episodes.ids()?;
-    reconcile(&settings.out, &manifest, &written)?;
+    resume::reconcile(&settings.out, &manifest, &written)?;
     let shared = Arc::new(Shared {
         catalog_hash,
         catalog,
         teacher,
         reporter,
-        episodes,
-        manifest,
+        files: Files {
+            episodes: Arc::new(episodes),
+            manifest: Arc::new(manifest),
+        },
         written: std::sync::Mutex::new(written),
         usage: Default::default(),
         incidents: Default::default(),
@@ -350,13 +393,13 @@ pub async fn run(
             slug: slug.clone(),
             dataset_hash: None,
             questions_key: None,
-            status: "failed".into(),
+            status: DatasetStatus::Failed,
             reason: Some(reason.clone()),
             n_questions: 0,
             elapsed: 0.0,
         };
-        shared.manifest.record_dataset(&row)?;
-        let summary = dataset_summary(&shared.manifest, &row);
+        shared.files.record_dataset(row.clone()).await?;
+        let summary = dataset_summary(&shared.files.manifest, &row);
         shared.reporter.dataset_finished(&summary);
         summaries.push(summary);
     }
@@ -396,58 +439,18 @@ pub async fn run(
         elapsed: started.elapsed().as_secs_f64(),
         incidents: total_incidents,
     };
-    write_summary(&shared.settings.out, &summary)?;
-    Ok(summary)
-}
-
-pub fn write_summary(out: &Path, summary: &RunSummary) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(summary).unwrap_or_default();
-    store::write_atomic(&out.join(SUMMARY_FILE), &bytes)
-}
-
-/// Episodes in the file whose manifest mark was lost (killed between the two
-/// writes) are marked done from the episode itself.
-fn reconcile(out: &Path, manifest: &Manifest, written: &HashSet<String>) -> Result<(), StoreError> {
-    let missing: Vec<&String> = written
-        .iter()
-        .filter(|id| {
-            manifest
-                .question(id)
-                .ok()
-                .flatten()
-                .is_none_or(|r| !store::DONE.contains(&r.status.as_str()))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let episodes: Vec<Episode> = store::read_jsonl(&out.join(EPISODES_FILE))?;
-    for e in episodes.iter().filter(|e| missing.contains(&&e.episode_id)) {
-        manifest.record_question(&episode_row(e))?;
-    }
-    Ok(())
-}
-
-/// The manifest row an episode implies.
-pub fn episode_row(e: &Episode) -> QuestionRow {
-    QuestionRow {
-        fingerprint: e.episode_id.clone(),
-        dataset: e.dataset.clone(),
-        question_id: e.question.id.clone(),
-        template: e.question.template_name.clone(),
-        difficulty: e.question.difficulty.as_str().to_string(),
-        status: if e.verified { "verified" } else { "unverified" }.to_string(),
-        stage: "teacher".to_string(),
-        reason: e.reason.clone(),
-        episode_id: Some(e.episode_id.clone()),
-        elapsed: e.timing.total_elapsed,
-    }
+    let out = shared.settings.out.clone();
+    shared
+        .files
+        .blocking(move |_, _| write_summary(&out, &summary).map(|()| summary))
+        .await
+        .map_err(PipelineError::from)
 }
 
 async fn run_dataset(shared: &Shared, dataset: &Dataset) -> DatasetSummary {
     let started = Instant::now();
     let slug = dataset.slug.clone();
-    let before = shared.manifest.dataset(&slug).ok().flatten();
+    let before = shared.files.manifest.dataset(&slug).ok().flatten();
     let earlier = before.as_ref().map(|r| r.elapsed).unwrap_or(0.0);
     let outcome = prepare_and_answer(shared, dataset, started).await;
     let elapsed = earlier + started.elapsed().as_secs_f64();
@@ -459,31 +462,32 @@ async fn run_dataset(shared: &Shared, dataset: &Dataset) -> DatasetSummary {
                 // None when some ground truth was cut short by the
                 // infrastructure: the next run makes the questions again.
                 questions_key: key,
-                status: "done".into(),
+                status: DatasetStatus::Done,
                 reason: None,
                 n_questions: n as u64,
                 elapsed,
             };
-            if let Err(e) = shared.manifest.record_dataset(&row) {
+            if let Err(e) = shared.files.record_dataset(row.clone()).await {
                 warn!("could not record the dataset in the manifest: {e}");
             }
-            dataset_summary(&shared.manifest, &row)
+            dataset_summary(&shared.files.manifest, &row)
         }
-        Err(reason) => {
+        Err(error) => {
+            let reason = error.to_string();
             warn!("dataset failed: {reason}");
             let row = DatasetRow {
                 slug: slug.clone(),
                 dataset_hash: before.as_ref().and_then(|r| r.dataset_hash.clone()),
                 questions_key: None,
-                status: "failed".into(),
+                status: DatasetStatus::Failed,
                 reason: Some(reason),
                 n_questions: 0,
                 elapsed,
             };
-            if let Err(e) = shared.manifest.record_dataset(&row) {
+            if let Err(e) = shared.files.record_dataset(row.clone()).await {
                 warn!("could not record the dataset in the manifest: {e}");
             }
-            dataset_summary(&shared.manifest, &row)
+            dataset_summary(&shared.files.manifest, &row)
         }
     };
     info!(
@@ -498,61 +502,16 @@ async fn run_dataset(shared: &Shared, dataset: &Dataset) -> DatasetSummary {
     summary
 }
 
-/// The summary of one dataset as the manifest has it.
-pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary {
-    let rows: Vec<QuestionRow> = manifest
-        .questions()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|q| q.dataset == row.slug)
-        .collect();
-    let count = |s: &str| rows.iter().filter(|q| q.status == s).count() as u64;
-    DatasetSummary {
-        dataset: row.slug.clone(),
-        status: row.status.clone(),
-        reason: row.reason.clone(),
-        questions: row.n_questions.max(rows.len() as u64),
-        verified: count("verified"),
-        disagreements: count("unverified"),
-        failures: rows
-            .iter()
-            .filter(|q| q.status == "failed")
-            .map(|q| Failure {
-                question_id: q.question_id.clone(),
-                template: q.template.clone(),
-                stage: q.stage.clone(),
-                reason: q.reason.clone().unwrap_or_default(),
-            })
-            .collect(),
-        ineligible: rows.iter().filter(|q| q.status == "ineligible").fold(
-            Default::default(),
-            |mut by, q| {
-                let key = format!(
-                    "{}: {}",
-                    q.template.as_deref().unwrap_or("-"),
-                    q.reason.as_deref().unwrap_or("")
-                );
-                *by.entry(key).or_insert(0) += 1;
-                by
-            },
-        ),
-        elapsed: row.elapsed,
-        llm_usage: None,
-        incidents: Incidents::default(),
-    }
-}
-
 /// Returns (dataset hash, questions key if the questions file is complete,
 /// number of questions) or the reason the dataset cannot be used.
 async fn prepare_and_answer(
     shared: &Shared,
     dataset: &Dataset,
     started: Instant,
-) -> Result<(String, Option<String>, usize), String> {
+) -> Result<(String, Option<String>, usize), DatasetError> {
     let settings = &shared.settings;
     let slug = &dataset.slug;
-    let hash = dataset_hash(&dataset.csv)
-        .map_err(|e| format!("cannot read {}: {e}", dataset.csv.display()))?;
+    let hash = dataset_hash_async(&dataset.csv).await?;
     info!(
         "dataset {slug} ({}), content hash {hash}",
         dataset.csv.display()
@@ -560,17 +519,23 @@ async fn prepare_and_answer(
     // A finished dataset needs no sandbox: its questions are on file and
     // every one of them is done.
     if !settings.questions_only {
-        if let Some(qs) = reusable_questions(shared, slug, &hash) {
+        if let Some(qs) = questions::reusable_questions(shared, slug, &hash) {
             let teacher = shared.teacher.as_ref();
-            if qs.iter().all(|q| is_done(shared, &fingerprint(q, teacher))) {
+            if qs
+                .iter()
+                .all(|q| resume::is_done(shared, &fingerprint(q, teacher)))
+            {
                 info!("all {} questions already done", qs.len());
                 shared.reporter.dataset_started(slug, qs.len(), qs.len());
-                return Ok((hash.clone(), Some(questions_key(shared, &hash)), qs.len()));
+                return Ok((
+                    hash.clone(),
+                    Some(questions::questions_key(shared, &hash)),
+                    qs.len(),
+                ));
             }
         }
     }
-    let mut opts =
-        SandboxOptions::new(&dataset.csv, settings.image.clone()).map_err(|e| e.to_string())?;
+    let mut opts = SandboxOptions::new(&dataset.csv, settings.image.clone())?;
     opts.allow_degraded = settings.allow_degraded;
     opts.spare_workers = settings.question_concurrency.clamp(1, 8);
     opts.limits = Limits::for_dataset(crate::datasets::csv_bytes(&dataset.csv), settings.limits);
@@ -582,9 +547,7 @@ async fn prepare_and_answer(
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }
-    let jail = Jail::start(opts, settings.recovery)
-        .await
-        .map_err(|e| e.to_string())?;
+    let jail = Jail::start(opts, settings.recovery).await?;
     let (_, sandbox) = jail.current().await;
     info!(
         "sandbox {} ready in {:.1} s: {} rows x {} columns",
@@ -605,7 +568,7 @@ async fn prepare_and_answer(
 
 /// Profile the dataset, retrying in a new sandbox after an infrastructure
 /// failure.
-async fn profile_dataset(jail: &Jail) -> Result<DataProfile, String> {
+async fn profile_dataset(jail: &Jail) -> Result<DataProfile, DatasetError> {
     let mut attempt = 1;
     loop {
         let (generation, sandbox) = jail.current().await;
@@ -614,18 +577,19 @@ async fn profile_dataset(jail: &Jail) -> Result<DataProfile, String> {
         drop(task);
         match outcome {
             Ok(p) => return Ok(p),
-            Err(crate::profile::ProfileError::Sandbox(e)) if e.is_infrastructure() => {
+            Err(ProfileError::Sandbox(e)) if e.is_infrastructure() => {
                 attempt = match jail.after_failure("profile", &e, generation, attempt).await {
                     Ok(next) => next,
                     Err(GiveUp::Retries) => {
-                        return Err(format!(
-                            "profiling failed {attempt} times on infrastructure failures; last: {e}"
-                        ))
+                        return Err(DatasetError::ProfileRetries {
+                            attempts: attempt,
+                            source: e,
+                        })
                     }
-                    Err(GiveUp::Restarts(x)) => return Err(x.to_string()),
+                    Err(GiveUp::Restarts(x)) => return Err(x.into()),
                 };
             }
-            Err(e) => return Err(format!("profiling failed: {e}")),
+            Err(e) => return Err(DatasetError::Profile(e)),
         }
     }
 }
@@ -635,25 +599,23 @@ async fn answer_dataset(
     dataset: &Dataset,
     jail: &Jail,
     hash: &str,
-) -> Result<(Option<String>, usize), String> {
+) -> Result<(Option<String>, usize), DatasetError> {
     let (_, sandbox) = jail.current().await;
     let ready = sandbox.zygote().clone();
     drop(sandbox);
     if ready.rows == 0 {
-        return Err(
-            "the file has a header but no data rows; add rows or remove the dataset".into(),
-        );
+        return Err(DatasetError::NoRows);
     }
     if ready.columns < 2 {
-        return Err(format!(
-            "the file has {} column (pandas read it with separator {:?}); questions need at least two — check the separator or remove the dataset",
-            ready.columns, ready.separator
-        ));
+        return Err(DatasetError::TooFewColumns {
+            columns: ready.columns,
+            separator: ready.separator,
+        });
     }
     let data_profile = profile_dataset(jail).await?;
     let (questions, complete) =
-        load_or_make_questions(shared, dataset, jail, hash, &data_profile).await?;
-    let key = complete.then(|| questions_key(shared, hash));
+        questions::load_or_make_questions(shared, dataset, jail, hash, &data_profile).await?;
+    let key = complete.then(|| questions::questions_key(shared, hash));
     let n = questions.len();
     if shared.settings.questions_only {
         return Ok((key, n));
@@ -664,7 +626,7 @@ async fn answer_dataset(
     let mut already = 0;
     for q in questions {
         let fp = fingerprint(&q, teacher);
-        if is_done(shared, &fp) {
+        if resume::is_done(shared, &fp) {
             already += 1;
         } else {
             todo.push((fp, q));
@@ -676,464 +638,17 @@ async fn answer_dataset(
     );
     shared.reporter.dataset_started(&dataset.slug, n, already);
     let concurrency = shared.settings.question_concurrency.max(1);
-    let outcomes: Vec<Result<(), String>> = stream::iter(todo)
-        .map(|(fp, q)| answer_question(shared, dataset, jail, &data_profile, fp, q))
+    let outcomes: Vec<Result<(), StoreError>> = stream::iter(todo)
+        .map(|(fp, q)| answer::answer_question(shared, dataset, jail, &data_profile, fp, q))
         .buffer_unordered(concurrency)
         .collect()
         .await;
     // A question that could not be written stops nothing else, but a store
     // failure is a failure of the dataset: its work was not kept.
     if let Some(Err(e)) = outcomes.into_iter().find(|o| o.is_err()) {
-        return Err(e);
+        return Err(e.into());
     }
     Ok((key, n))
-}
-
-/// A question that got no ground truth: its row in the manifest (never
-/// done, so the next run tries it again) and its tick in the progress.
-fn record_without_ground_truth(
-    shared: &Shared,
-    slug: &str,
-    q: &Question,
-    status: &str,
-    stage: &str,
-    reason: String,
-) -> Result<(), String> {
-    let row = QuestionRow {
-        fingerprint: fingerprint(q, shared.teacher.as_ref()),
-        dataset: slug.to_string(),
-        question_id: q.id.clone(),
-        template: q.template_name.clone(),
-        difficulty: q.difficulty.as_str().to_string(),
-        status: status.into(),
-        stage: stage.into(),
-        reason: Some(reason),
-        episode_id: None,
-        elapsed: 0.0,
-    };
-    shared
-        .manifest
-        .record_question(&row)
-        .map_err(|e| e.to_string())?;
-    shared.reporter.question_finished(slug, status);
-    Ok(())
-}
-
-fn questions_key(shared: &Shared, hash: &str) -> String {
-    let sources = &shared.settings.sources;
-    let llm = sources.llm.as_ref().map(|l| {
-        serde_json::json!({
-            "model": l.chat.model(),
-            "sampling": l.sampling,
-            "prompt_version": llm_questions::prompt_version(),
-            "n_questions": l.config.n_questions,
-            "mix": l.config.mix,
-        })
-    });
-    // The worker memory decides which templates bind ([cost]): a rerun with
-    // another --memory makes the questions again.
-    questions::template::short_hash(&format!(
-        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}\n{:?}",
-        shared.catalog_hash,
-        shared.settings.max_questions,
-        shared.settings.shard,
-        sources.template,
-        llm.map(|v| v.to_string()).unwrap_or_default(),
-        shared.settings.limits.memory_bytes,
-    ))
-}
-
-pub fn questions_path(out: &Path, slug: &str) -> PathBuf {
-    out.join(QUESTIONS_DIR).join(format!("{slug}.jsonl"))
-}
-
-/// Every template question of the dataset, capped and sharded, in catalog
-/// order (the cap keeps the first questions of each template round-robin,
-/// so a small cap still covers many templates).
-pub fn candidate_questions(
-    catalog: &[Template],
-    data_profile: &DataProfile,
-    slug: &str,
-    hash: &str,
-    max_questions: Option<usize>,
-    shard: Option<Shard>,
-    worker_memory: u64,
-) -> Vec<Question> {
-    let per_template: Vec<Vec<Question>> = catalog
-        .iter()
-        .map(|t| t.instantiate_within(data_profile, slug, hash, worker_memory))
-        .collect();
-    let mut ordered = Vec::new();
-    let depth = per_template.iter().map(Vec::len).max().unwrap_or(0);
-    for round in 0..depth {
-        for qs in &per_template {
-            if let Some(q) = qs.get(round) {
-                ordered.push(q.clone());
-            }
-        }
-    }
-    if let Some(cap) = max_questions {
-        ordered.truncate(cap);
-    }
-    if let Some(shard) = shard {
-        ordered.retain(|q| shard.owns(slug, &q.id));
-    }
-    ordered
-}
-
-/// The dataset's questions file, if it was made for this catalog, dataset
-/// content, cap and shard.
-fn reusable_questions(shared: &Shared, slug: &str, hash: &str) -> Option<Vec<Question>> {
-    let key = questions_key(shared, hash);
-    let row = shared.manifest.dataset(slug).ok().flatten()?;
-    if row.questions_key.as_deref() != Some(key.as_str()) {
-        return None;
-    }
-    let path = questions_path(&shared.settings.out, slug);
-    match store::read_jsonl::<Question>(&path) {
-        Ok(qs) if path.is_file() => Some(qs),
-        Ok(_) => None,
-        Err(e) => {
-            warn!("questions file unusable, making it again: {e}");
-            None
-        }
-    }
-}
-
-fn is_done(shared: &Shared, fingerprint: &str) -> bool {
-    shared
-        .written
-        .lock()
-        .map(|w| w.contains(fingerprint))
-        .unwrap_or(false)
-        || shared
-            .manifest
-            .question(fingerprint)
-            .ok()
-            .flatten()
-            .is_some_and(|r| store::DONE.contains(&r.status.as_str()))
-}
-
-/// The dataset's questions, and whether the set is complete (no ground
-/// truth was cut short by the infrastructure; an incomplete set is not
-/// reused by the next run).
-async fn load_or_make_questions(
-    shared: &Shared,
-    dataset: &Dataset,
-    jail: &Jail,
-    hash: &str,
-    data_profile: &DataProfile,
-) -> Result<(Vec<Question>, bool), String> {
-    let slug = &dataset.slug;
-    let path = questions_path(&shared.settings.out, slug);
-    let key = questions_key(shared, hash);
-    if let Some(qs) = reusable_questions(shared, slug, hash) {
-        info!("reusing {} questions from {}", qs.len(), path.display());
-        return Ok((qs, true));
-    }
-    // Model questions first: if the model fails, little work is lost.
-    let mut generated = Vec::new();
-    if let Some(llm) = &shared.settings.sources.llm {
-        // Model questions are not reproducible, so a dataset's model
-        // questions belong to one shard whole (by dataset), never split.
-        let owned = shared.settings.shard.is_none_or(|s| s.owns(slug, ""));
-        if owned {
-            info!(
-                "asking {} for {} questions",
-                llm.chat.model(),
-                llm.config.n_questions
-            );
-            let (_, sandbox) = jail.current().await;
-            match llm_questions::generate(
-                llm.chat.as_ref(),
-                &sandbox,
-                data_profile,
-                slug,
-                hash,
-                &llm.config,
-            )
-            .await
-            {
-                Ok(g) => {
-                    shared.add_usage(slug, &g.usage);
-                    for d in &g.dropped {
-                        info!("model question dropped ({}): {}", d.reason, d.question_text);
-                    }
-                    info!(
-                        "{} model questions after {} exploration turns ({} dropped)",
-                        g.questions.len(),
-                        g.exploration_turns,
-                        g.dropped.len()
-                    );
-                    generated = g.questions;
-                }
-                Err(e) => {
-                    if let llm_questions::GenerationError::Model { error, usage } = &e {
-                        shared.add_usage(slug, usage);
-                        shared.record_model_failure(&error.to_string());
-                    }
-                    return Err(format!("question generation failed: {e}"));
-                }
-            }
-        }
-    }
-    let candidates = if shared.settings.sources.template {
-        candidate_questions(
-            &shared.catalog,
-            data_profile,
-            slug,
-            hash,
-            shared.settings.max_questions,
-            shared.settings.shard,
-            jail.current().await.1.limits().memory_bytes,
-        )
-    } else {
-        Vec::new()
-    };
-    info!(
-        "{} template questions apply; establishing ground truth",
-        candidates.len()
-    );
-    // Failures from an older questions file are replaced by this attempt's.
-    shared
-        .manifest
-        .remove_questions_of(slug)
-        .map_err(|e| e.to_string())?;
-    let concurrency = shared.settings.question_concurrency.max(1);
-    let results: Vec<(Question, Result<Question, GroundTruthError>)> = stream::iter(candidates)
-        .map(|q| async move {
-            let outcome = ground_truth_with_retries(jail, q.clone()).await;
-            (q, outcome)
-        })
-        .buffered(concurrency)
-        .collect()
-        .await;
-    let mut kept = Vec::new();
-    let mut complete = true;
-    for (q, outcome) in results {
-        match outcome {
-            Ok(q) => kept.push(q),
-            Err(GroundTruthError::Infrastructure(e)) => {
-                // Not a fact about the question: recorded as failed for this
-                // run (with the reason), never stored as its ground truth;
-                // the questions file is not reused, so the next run
-                // computes it again.
-                complete = false;
-                warn!(
-                    "question {} ({}): ground truth cut short by the infrastructure: {e}",
-                    q.id,
-                    q.template_name.as_deref().unwrap_or("-"),
-                );
-                record_without_ground_truth(
-                    shared,
-                    slug,
-                    &q,
-                    "failed",
-                    "infrastructure",
-                    format!("ground truth not established: {e}"),
-                )?;
-            }
-            Err(GroundTruthError::Failure(failure)) => {
-                let status = if failure.is_ineligible() {
-                    "ineligible"
-                } else {
-                    "failed"
-                };
-                warn!(
-                    "question {} ({}): no ground truth ({status}): {}",
-                    q.id,
-                    q.template_name.as_deref().unwrap_or("-"),
-                    failure.reason
-                );
-                record_without_ground_truth(
-                    shared,
-                    slug,
-                    &q,
-                    status,
-                    "ground_truth",
-                    failure.reason,
-                )?;
-            }
-        }
-    }
-    kept.extend(generated);
-    store::write_jsonl_atomic(&path, &kept).map_err(|e| e.to_string())?;
-    // The key is recorded now, so a killed run reuses these questions
-    // (unless some are missing for lack of a sandbox).
-    shared
-        .manifest
-        .record_dataset(&DatasetRow {
-            slug: slug.clone(),
-            dataset_hash: Some(hash.to_string()),
-            questions_key: complete.then_some(key),
-            status: "running".into(),
-            reason: None,
-            n_questions: kept.len() as u64,
-            elapsed: 0.0,
-        })
-        .map_err(|e| e.to_string())?;
-    Ok((kept, complete))
-}
-
-/// Ground truth of one question, run again in a healthy sandbox after an
-/// infrastructure failure (at most `max_retries` times).
-async fn ground_truth_with_retries(
-    jail: &Jail,
-    question: Question,
-) -> Result<Question, GroundTruthError> {
-    let mut attempt = 1;
-    loop {
-        let (generation, sandbox) = jail.current().await;
-        match establish_ground_truth(&sandbox, question.clone()).await {
-            Err(GroundTruthError::Infrastructure(e)) => {
-                let what = format!("ground truth of {}", question.id);
-                match jail.after_failure(&what, &e, generation, attempt).await {
-                    Ok(next) => attempt = next,
-                    Err(_) => return Err(GroundTruthError::Infrastructure(e)),
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn answer_question(
-    shared: &Shared,
-    dataset: &Dataset,
-    jail: &Jail,
-    data_profile: &DataProfile,
-    fingerprint: String,
-    question: Question,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let slug = &dataset.slug;
-    let teacher = shared.teacher.as_ref();
-    let mut attempt = 1;
-    let outcome = loop {
-        if shared.model_failed().is_some() {
-            // Left undone (no mark at all): the next run takes it up.
-            return Ok(());
-        }
-        let (generation, sandbox) = jail.current().await;
-        let outcome = teacher.answer(&sandbox, &question, data_profile).await;
-        drop(sandbox);
-        jail.harvest_faults().await;
-        match outcome {
-            Err(TeacherError::Infrastructure { error, usage, id }) => {
-                // Never an episode: run the question again in a healthy
-                // sandbox, within the retry and restart budgets.
-                shared.add_usage(slug, &usage);
-                let reason = match jail.after_failure(&id, &error, generation, attempt).await {
-                    Ok(next) => {
-                        attempt = next;
-                        continue;
-                    }
-                    Err(GiveUp::Retries) => {
-                        format!("{attempt} attempts failed on the infrastructure; last: {error}")
-                    }
-                    Err(GiveUp::Restarts(x)) => format!("{x} (while answering: {error})"),
-                };
-                break Err(("infrastructure", format!("question {id}: {reason}")));
-            }
-            Ok(run) => break Ok(run),
-            Err(e) => {
-                let stage = match &e {
-                    TeacherError::Model { error, usage, .. } => {
-                        shared.add_usage(slug, usage);
-                        shared.record_model_failure(error);
-                        "model"
-                    }
-                    _ => "teacher",
-                };
-                break Err((stage, e.to_string()));
-            }
-        }
-    };
-    let run = match outcome {
-        Ok(run) => run,
-        Err((stage, e)) => {
-            let row = QuestionRow {
-                fingerprint,
-                dataset: slug.clone(),
-                question_id: question.id.clone(),
-                template: question.template_name.clone(),
-                difficulty: question.difficulty.as_str().to_string(),
-                status: "failed".into(),
-                stage: stage.into(),
-                reason: Some(e.to_string()),
-                episode_id: None,
-                elapsed: started.elapsed().as_secs_f64(),
-            };
-            warn!("question {}: {e}", question.id);
-            shared
-                .manifest
-                .record_question(&row)
-                .map_err(|e| e.to_string())?;
-            shared.reporter.question_finished(slug, "failed");
-            return Ok(());
-        }
-    };
-    let usage = run.usage();
-    if !usage.is_empty() {
-        shared.add_usage(slug, &usage);
-    }
-    let verdict = triangulate(&question, &run.gold, &run.consistency);
-    let consistency_elapsed: Vec<f64> = run.consistency.iter().map(|t| t.elapsed).collect();
-    let all: Vec<f64> = std::iter::once(run.gold.elapsed)
-        .chain(consistency_elapsed.iter().copied())
-        .collect();
-    let total_elapsed = started.elapsed().as_secs_f64();
-    let mut question = question;
-    question.programs = None;
-    let episode = Episode {
-        episode_id: fingerprint,
-        timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        csv_source: dataset.csv.display().to_string(),
-        source: question.source,
-        dataset: slug.clone(),
-        teacher: teacher.name().to_string(),
-        question,
-        gold_trace: run.gold,
-        consistency_traces: run.consistency,
-        verified: verdict.verified,
-        triangulation: verdict.triangulation,
-        timing: Timing {
-            gold_elapsed: all[0],
-            consistency_elapsed,
-            total_elapsed,
-            avg_elapsed: all.iter().sum::<f64>() / all.len() as f64,
-        },
-        reason: verdict.reason,
-        diagnosis: verdict.diagnosis.map(|d| d.as_str().to_string()),
-    };
-    match &episode.reason {
-        None => info!(
-            "question {} ({}): verified",
-            episode.question.id,
-            episode.question.template_name.as_deref().unwrap_or("-")
-        ),
-        Some(reason) => warn!(
-            "question {} ({}): not verified: {reason}",
-            episode.question.id,
-            episode.question.template_name.as_deref().unwrap_or("-")
-        ),
-    }
-    // The episode line first, then the mark: a kill in between is repaired
-    // on the next open (reconcile), never duplicated.
-    shared
-        .episodes
-        .append(&episode)
-        .map_err(|e| e.to_string())?;
-    if let Ok(mut w) = shared.written.lock() {
-        w.insert(episode.episode_id.clone());
-    }
-    let row = episode_row(&episode);
-    shared
-        .manifest
-        .record_question(&row)
-        .map_err(|e| e.to_string())?;
-    shared.reporter.question_finished(slug, &row.status);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -248,6 +248,41 @@ impl Usage {
     }
 }
 
+/// Why a model-driven trace ended (`Trace::stop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Submitted,
+    MaxTurns,
+    WorkerLost,
+    FormatErrors,
+    ModelError,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 5] = [
+        StopReason::Submitted,
+        StopReason::MaxTurns,
+        StopReason::WorkerLost,
+        StopReason::FormatErrors,
+        StopReason::ModelError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Submitted => "submitted",
+            StopReason::MaxTurns => "max_turns",
+            StopReason::WorkerLost => "worker_lost",
+            StopReason::FormatErrors => "format_errors",
+            StopReason::ModelError => "model_error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StopReason> {
+        StopReason::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Trace {
     pub turns: Vec<Turn>,
@@ -269,6 +304,8 @@ pub struct Trace {
     pub worker_wait: f64,
     /// Why a model-driven trace ended: `submitted`, `max_turns`,
     /// `worker_lost`, `format_errors`, `model_error`.
+    /// Kept as text in the episode (the contract), read typed through
+    /// [`Trace::stop_reason`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
     /// Replies without exactly one python code block (each got a corrective
@@ -280,6 +317,14 @@ pub struct Trace {
     /// What the model cost for this trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+impl Trace {
+    /// Why the trace ended, when a model drove it (an unknown text, from
+    /// a newer version, reads as none).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop.as_deref().and_then(StopReason::parse)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +411,14 @@ mod tests {
     fn difficulty_names_are_the_schema_names() {
         for d in Difficulty::ALL {
             assert_eq!(serde_json::to_value(d).unwrap(), json!(d.as_str()));
+        }
+    }
+
+    #[test]
+    fn stop_reasons_keep_their_texts() {
+        for s in StopReason::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(StopReason::parse(s.as_str()), Some(s));
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const EPISODES_FILE: &str = "episodes.jsonl";
 pub const MANIFEST_FILE: &str = "manifest.sqlite";
@@ -52,6 +52,10 @@ pub enum StoreError {
     },
     #[error("another csv-agent run is using {path}; wait for it or choose another --out")]
     Busy { path: PathBuf },
+    /// A write handed to the blocking pool never ran to its end (the
+    /// runtime was shutting down).
+    #[error("a write to the run's files was cancelled before it finished")]
+    Cancelled,
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -266,6 +270,132 @@ impl EpisodeLog {
     }
 }
 
+// ------------------------------------------------------------- statuses
+
+/// A status's text in the manifest, `summary.json` and the logs. The texts
+/// are the ones earlier versions wrote: a resumed or merged run reads them.
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownText;
+
+            fn from_str(s: &str) -> Result<$name, UnknownText> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownText {
+                        kind: stringify!($name),
+                        text: s.to_string(),
+                    }),
+                }
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<$name> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
+/// A manifest text that names no known status (a newer csv-agent wrote it,
+/// or the file was edited).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{text}`")]
+pub struct UnknownText {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+text_enum! {
+    /// Outcome of one question.
+    QuestionStatus {
+        /// An episode was written and it is verified.
+        Verified = "verified",
+        /// An episode was written, not verified (the reason is kept).
+        Unverified = "unverified",
+        /// No episode: the next run tries again.
+        Failed = "failed",
+        /// The reference answer is degenerate (NaN, infinite, undefined):
+        /// no episode, not a failure.
+        Ineligible = "ineligible",
+    }
+}
+
+impl QuestionStatus {
+    /// The question needs no more work (an episode exists).
+    pub fn is_done(self) -> bool {
+        matches!(self, QuestionStatus::Verified | QuestionStatus::Unverified)
+    }
+
+    pub fn of_episode(verified: bool) -> QuestionStatus {
+        if verified {
+            QuestionStatus::Verified
+        } else {
+            QuestionStatus::Unverified
+        }
+    }
+}
+
+text_enum! {
+    /// Where a question's outcome was decided.
+    Stage {
+        /// Establishing the ground truth (reference and alternative programs).
+        GroundTruth = "ground_truth",
+        /// The teacher answering it (an episode, or a failure of its own).
+        Teacher = "teacher",
+        /// The model server failed while the teacher answered.
+        Model = "model",
+        /// The sandbox or a worker was lost for a reason outside the code,
+        /// past the retries.
+        Infrastructure = "infrastructure",
+    }
+}
+
+text_enum! {
+    /// Outcome of one dataset.
+    DatasetStatus {
+        /// Questions made (the key recorded), answers under way.
+        Running = "running",
+        Done = "done",
+        /// The whole dataset failed (the reason is kept).
+        Failed = "failed",
+    }
+}
+
 // ------------------------------------------------------------- manifest
 
 /// Outcome of one question for one teacher setting.
@@ -276,9 +406,8 @@ pub struct QuestionRow {
     pub question_id: String,
     pub template: Option<String>,
     pub difficulty: String,
-    /// verified | unverified | failed
-    pub status: String,
-    pub stage: String,
+    pub status: QuestionStatus,
+    pub stage: Stage,
     pub reason: Option<String>,
     pub episode_id: Option<String>,
     pub elapsed: f64,
@@ -289,8 +418,7 @@ pub struct DatasetRow {
     pub slug: String,
     pub dataset_hash: Option<String>,
     pub questions_key: Option<String>,
-    /// running | done | failed
-    pub status: String,
+    pub status: DatasetStatus,
     pub reason: Option<String>,
     pub n_questions: u64,
     pub elapsed: f64,
@@ -328,9 +456,6 @@ CREATE TABLE IF NOT EXISTS questions (
 );
 CREATE INDEX IF NOT EXISTS questions_by_dataset ON questions(dataset);
 ";
-
-/// Statuses that mean the question needs no more work.
-pub const DONE: [&str; 2] = ["verified", "unverified"];
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -424,8 +549,8 @@ impl Manifest {
     pub fn remove_questions_of(&self, slug: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "DELETE FROM questions WHERE dataset = ?1 AND status = 'failed' AND stage = 'ground_truth'",
-                [slug],
+                "DELETE FROM questions WHERE dataset = ?1 AND status = ?2 AND stage = ?3",
+                params![slug, QuestionStatus::Failed, Stage::GroundTruth],
             )
             .map(|_| ())
         })
@@ -551,14 +676,14 @@ mod tests {
             question_id: "q1".into(),
             template: Some("t".into()),
             difficulty: "EASY".into(),
-            status: "failed".into(),
-            stage: "teacher".into(),
+            status: QuestionStatus::Failed,
+            stage: Stage::Teacher,
             reason: Some("boom".into()),
             episode_id: None,
             elapsed: 1.5,
         };
         m.record_question(&row).unwrap();
-        row.status = "verified".into();
+        row.status = QuestionStatus::Verified;
         row.reason = None;
         row.episode_id = Some("f1".into());
         m.record_question(&row).unwrap();
@@ -567,7 +692,49 @@ mod tests {
         // Reopening keeps everything.
         drop(m);
         let m = Manifest::open(&dir.path().join(MANIFEST_FILE)).unwrap();
-        assert_eq!(m.questions().unwrap()[0].status, "verified");
+        assert_eq!(m.questions().unwrap()[0].status, QuestionStatus::Verified);
+    }
+
+    #[test]
+    fn statuses_keep_the_texts_older_runs_wrote() {
+        let texts = |all: Vec<String>| all.join(" ");
+        assert_eq!(
+            texts(QuestionStatus::ALL.iter().map(|s| s.to_string()).collect()),
+            "verified unverified failed ineligible"
+        );
+        assert_eq!(
+            texts(Stage::ALL.iter().map(|s| s.to_string()).collect()),
+            "ground_truth teacher model infrastructure"
+        );
+        assert_eq!(
+            texts(DatasetStatus::ALL.iter().map(|s| s.to_string()).collect()),
+            "running done failed"
+        );
+        for s in Stage::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(s.as_str().parse::<Stage>(), Ok(*s));
+        }
+        assert!("finished".parse::<DatasetStatus>().is_err());
+        // A manifest written by an earlier version (plain text columns) reads back typed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        let m = Manifest::open(&path).unwrap();
+        m.with(|c| {
+            c.execute_batch(
+                "INSERT INTO questions VALUES ('f', 'd', 'q', NULL, 'EASY', 'ineligible', 'ground_truth', 'NaN', NULL, 0, 'now');
+                 INSERT INTO datasets VALUES ('d', NULL, NULL, 'running', NULL, 1, 0, 'now');",
+            )
+        })
+        .unwrap();
+        let q = m.question("f").unwrap().unwrap();
+        assert_eq!(
+            (q.status, q.stage),
+            (QuestionStatus::Ineligible, Stage::GroundTruth)
+        );
+        assert_eq!(
+            m.dataset("d").unwrap().unwrap().status,
+            DatasetStatus::Running
+        );
     }
 
     #[test]

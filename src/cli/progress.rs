@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::pipeline::{DatasetSummary, Reporter};
+use crate::store::QuestionStatus;
 
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
@@ -66,11 +67,11 @@ impl Reporter for Bars {
         }
     }
 
-    fn question_finished(&self, slug: &str, status: &str) {
+    fn question_finished(&self, slug: &str, status: QuestionStatus) {
         if let Ok(bars) = self.bars.lock() {
             if let Some(bar) = bars.get(slug) {
                 bar.inc(1);
-                if status != "verified" {
+                if status != QuestionStatus::Verified {
                     bar.set_message(format!("last: {status}"));
                 }
             }
@@ -109,7 +110,7 @@ impl Reporter for Lines {
         }
     }
 
-    fn question_finished(&self, slug: &str, _status: &str) {
+    fn question_finished(&self, slug: &str, _status: QuestionStatus) {
         if let Ok(mut s) = self.state.lock() {
             if let Some((done, total, last)) = s.get_mut(slug) {
                 *done += 1;

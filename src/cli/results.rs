@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::pipeline::{self, dataset_summary, episode_row, RunSummary};
 use crate::schema::{Episode, Question, Trace};
 use crate::store::{
-    self, DatasetRow, Manifest, OutputLock, EPISODES_FILE, MANIFEST_FILE, QUESTIONS_DIR,
-    SUMMARY_FILE,
+    self, DatasetRow, DatasetStatus, Manifest, OutputLock, QuestionStatus, EPISODES_FILE,
+    MANIFEST_FILE, QUESTIONS_DIR, SUMMARY_FILE,
 };
 
 #[derive(Debug, Args)]
@@ -118,7 +118,10 @@ pub fn status(args: StatusArgs) -> Result<i32> {
     let manifest = open_manifest(&args.out)?;
     let summary = summary_of(&manifest, &args.out)?;
     let rows = manifest.datasets()?;
-    let unfinished: Vec<&DatasetRow> = rows.iter().filter(|r| r.status == "running").collect();
+    let unfinished: Vec<&DatasetRow> = rows
+        .iter()
+        .filter(|r| r.status == DatasetStatus::Running)
+        .collect();
     super::run::print_summary(&summary, false);
     println!(
         "\n{} episodes ({} verified) in {}",
@@ -450,7 +453,7 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
         }
         let shard = Manifest::open(&path)?;
         for q in shard.questions()? {
-            if q.status == "failed" && manifest.question(&q.fingerprint)?.is_none() {
+            if q.status == QuestionStatus::Failed && manifest.question(&q.fingerprint)?.is_none() {
                 manifest.record_question(&q)?;
             }
         }
@@ -458,13 +461,13 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
             let merged = datasets
                 .entry(row.slug.clone())
                 .or_insert_with(|| DatasetRow {
-                    status: "done".into(),
+                    status: DatasetStatus::Done,
                     n_questions: 0,
                     elapsed: 0.0,
                     ..row.clone()
                 });
-            if row.status != "done" {
-                merged.status = row.status.clone();
+            if row.status != DatasetStatus::Done {
+                merged.status = row.status;
                 merged.reason = row.reason.clone().or(merged.reason.take());
             }
             merged.elapsed += row.elapsed;

@@ -12,7 +12,7 @@ use tracing_subscriber::prelude::*;
 use crate::datasets::Registry;
 use crate::logs::DatasetLogs;
 use crate::pipeline::{self, DatasetSummary, Reporter, RunSettings, RunSummary, Shard};
-use crate::store::LOGS_DIR;
+use crate::store::{DatasetStatus, LOGS_DIR};
 use crate::teacher::{LlmTeacher, ProgramTeacher, Teacher};
 
 /// Memory a live sandbox is budgeted for when `--jobs` is not given: the
@@ -584,8 +584,8 @@ pub fn usage_line(u: &crate::schema::Usage) -> String {
 }
 
 pub fn summary_line(d: &DatasetSummary) -> String {
-    match (&d.status[..], &d.reason) {
-        ("failed", Some(reason)) => format!("FAILED: {reason}"),
+    match (d.status, &d.reason) {
+        (DatasetStatus::Failed, Some(reason)) => format!("FAILED: {reason}"),
         _ => format!(
             "{} questions, {} verified, {} disagreements, {} failures, {:.1} s",
             d.questions,
@@ -603,7 +603,7 @@ pub fn print_summary(summary: &RunSummary, questions_only: bool) {
         "dataset", "questions", "verified", "disagreements", "failures", "time (s)"
     );
     for d in &summary.datasets {
-        if d.status == "failed" {
+        if d.status == DatasetStatus::Failed {
             println!(
                 "{:<20} FAILED: {}",
                 d.dataset,

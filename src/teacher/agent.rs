@@ -23,7 +23,7 @@ use crate::prompt;
 use crate::prompt::Prompt;
 use crate::runner;
 use crate::sandbox::{CellStatus, Sandbox};
-use crate::schema::{Correction, Execution, Question, Trace, Turn, Usage};
+use crate::schema::{Correction, Execution, Question, StopReason as Stop, Trace, Turn, Usage};
 use crate::teacher::reply::{clip, line_diff, observation, parse_reply, Reply};
 
 // ------------------------------------------------------------------ prompts
@@ -138,28 +138,6 @@ impl Default for AgentConfig {
 }
 
 // ------------------------------------------------------------------ the loop
-
-/// Why a trace ended, as written into `Trace::stop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Submitted,
-    MaxTurns,
-    WorkerLost,
-    FormatErrors,
-    ModelError,
-}
-
-impl Stop {
-    fn as_str(self) -> &'static str {
-        match self {
-            Stop::Submitted => "submitted",
-            Stop::MaxTurns => "max_turns",
-            Stop::WorkerLost => "worker_lost",
-            Stop::FormatErrors => "format_errors",
-            Stop::ModelError => "model_error",
-        }
-    }
-}
 
 fn system_prompt(overview: &str) -> String {
     SYSTEM.render(&[("overview", overview.trim())])

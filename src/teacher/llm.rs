@@ -16,7 +16,7 @@ use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
 use crate::llm::Chat;
 use crate::profile::DataProfile;
 use crate::sandbox::Sandbox;
-use crate::schema::{Difficulty, Question};
+use crate::schema::{Difficulty, Question, StopReason};
 
 /// Bumped when the way this teacher builds traces changes (beyond the
 /// prompts, which carry their own version).
@@ -184,7 +184,7 @@ impl Teacher for LlmTeacher {
             };
             if let Some(failed) = std::iter::once(&run.gold)
                 .chain(&run.consistency)
-                .find(|t| t.stop.as_deref() == Some("model_error"))
+                .find(|t| t.stop_reason() == Some(StopReason::ModelError))
             {
                 return Err(TeacherError::Model {
                     id: question.id.clone(),
