@@ -886,6 +886,7 @@ mod tests {
             worker_wait: 0.0,
             stop: Some("submitted".into()),
             format_errors: 0,
+            replies_cut: 0,
             corrections: Vec::new(),
             usage: None,
         }

@@ -312,6 +312,11 @@ pub struct Trace {
     /// message and is not a turn).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub format_errors: u32,
+    /// Replies longer than the request's `max_tokens` could produce, cut
+    /// by the client (`llm::reply_bound`) and counted among the format
+    /// errors: never run, stored or sent back whole.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replies_cut: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrections: Vec<Correction>,
     /// What the model cost for this trace.

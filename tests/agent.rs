@@ -93,6 +93,7 @@ impl Chat for Scripted {
                     content: text.clone(),
                     finish_reason: Some("stop".into()),
                     usage: usage_of(n),
+                    truncated: false,
                 }),
                 None => Err(LlmError::Exhausted {
                     url: "http://model.invalid/v1".into(),

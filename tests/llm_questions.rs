@@ -65,6 +65,7 @@ impl Chat for Scripted {
                     content: reply.clone(),
                     finish_reason: Some("stop".into()),
                     usage: usage_of_one(),
+                    truncated: false,
                 }),
                 None => Err(LlmError::Exhausted {
                     url: "http://127.0.0.1:9/v1/chat/completions".into(),

@@ -523,14 +523,23 @@ struct Conversation<'a> {
     usage: &'a mut Usage,
 }
 
+/// Characters of a reply cut for length kept in the conversation.
+const CUT_REPLY_KEPT_CHARS: usize = 2_000;
+
 impl Conversation<'_> {
     /// Send `user`, return the model's reply (kept in the history).
     async fn ask(&mut self, user: String) -> Result<String, LlmError> {
         self.messages.push(Message::user(user));
         let completion = self.chat.chat(&self.messages).await?;
         self.usage.add(&completion.usage);
-        self.messages
-            .push(Message::assistant(completion.content.clone()));
+        // A reply cut for length (longer than max_tokens could produce)
+        // goes back clipped, so it does not weigh on every later request.
+        let kept = if completion.truncated {
+            clip(&completion.content, CUT_REPLY_KEPT_CHARS)
+        } else {
+            completion.content.clone()
+        };
+        self.messages.push(Message::assistant(kept));
         Ok(completion.content)
     }
 

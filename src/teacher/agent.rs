@@ -65,6 +65,11 @@ const PROMPTS: [&Prompt; 13] = [
     &ELIDED_REPLY,
 ];
 
+/// Characters of a reply cut for length that go back to the model (its
+/// start and end, `reply::clip`), so it sees what it sent without the
+/// reply costing every later request its whole size.
+const CUT_REPLY_KEPT_CHARS: usize = 2_000;
+
 /// Warn that turns are running out when this many (or fewer) are left.
 const WARN_TURNS_LEFT: u32 = 2;
 
@@ -311,6 +316,28 @@ pub async fn try_run_agent(
         };
         usage.add(&completion.usage);
         trace.usage = Some(usage);
+        if completion.truncated {
+            // Longer than max_tokens could produce (a broken or hostile
+            // server; the client cut it): nothing of it runs, nothing of it
+            // is stored, and only its clipped start goes back to the model.
+            trace.replies_cut += 1;
+            trace.format_errors += 1;
+            messages.push(Message::assistant(clip(
+                &completion.content,
+                CUT_REPLY_KEPT_CHARS,
+            )));
+            if trace.format_errors > config.max_format_errors {
+                break (
+                    Stop::FormatErrors,
+                    Some(format!(
+                        "{} replies without exactly one python code block ({} longer than max_tokens allows)",
+                        trace.format_errors, trace.replies_cut
+                    )),
+                );
+            }
+            messages.push(Message::user(CUT_OFF.text().to_string()));
+            continue;
+        }
         let reply = parse_reply(&completion.content);
         messages.push(Message::assistant(completion.content.clone()));
 
