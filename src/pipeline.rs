@@ -357,10 +357,22 @@ pub async fn run(
         store::clear_outputs(&settings.out)?;
     }
     let (catalog, catalog_hash) = question_catalog::catalog_with(settings.templates.as_deref())?;
-    let episodes = EpisodeLog::open(&settings.out.join(EPISODES_FILE))?;
-    let manifest = Manifest::open(&settings.out.join(MANIFEST_FILE))?;
-    let written = episodes.ids()?;
-    resume::reconcile(&settings.out, &manifest, &written)?;
+    // Opening reads the whole episodes file (repair, ids, reconcile): on
+    // the blocking pool, like every other file access of the run.
+    let out = settings.out.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let episodes = EpisodeLog::open(&out.join(EPISODES_FILE))?;
+        let manifest = Manifest::open(&out.join(MANIFEST_FILE))?;
+        let written = episodes.ids()?;
+        resume::reconcile(&out, &manifest, &written)?;
+        Ok::<_, StoreError>((episodes, manifest, written))
+    })
+    .await;
+    let (episodes, manifest, written) = match opened {
+        Ok(result) => result?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => return Err(StoreError::Cancelled.into()),
+    };
     let shared = Arc::new(Shared {
         catalog_hash,
         catalog,
