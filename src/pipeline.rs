@@ -531,7 +531,7 @@ async fn prepare_and_answer(
     // A finished dataset needs no sandbox: its questions are on file and
     // every one of them is done.
     if !settings.questions_only {
-        if let Some(qs) = questions::reusable_questions(shared, slug, &hash) {
+        if let Some(qs) = questions::reusable_questions(shared, slug, &hash).await {
             let teacher = shared.teacher.as_ref();
             if qs
                 .iter()

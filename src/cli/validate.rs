@@ -119,6 +119,16 @@ pub async fn run(args: ValidateArgs) -> Result<i32> {
             );
         }
         println!("answer clusters: {:?}", tri.cluster_sizes);
+        // The labels the training exports read from the episode.
+        let labels: Vec<String> = std::iter::once(&run.gold)
+            .chain(&run.consistency)
+            .zip(&tri.trace_verdicts)
+            .map(|(t, v)| match &v.why_not {
+                None => format!("{} agrees", t.label),
+                Some(why) => format!("{} does not ({})", t.label, clip(why, 120)),
+            })
+            .collect();
+        println!("trace labels: {}", labels.join("; "));
         println!("model use: {}", usage_line(&usage));
     }
     Ok(if verdict.verified { 0 } else { 1 })

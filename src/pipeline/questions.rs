@@ -110,16 +110,29 @@ pub fn candidate_questions(
 
 /// The dataset's questions file, if it was made for this catalog, dataset
 /// content, cap and shard.
-pub(super) fn reusable_questions(shared: &Shared, slug: &str, hash: &str) -> Option<Vec<Question>> {
+pub(super) async fn reusable_questions(
+    shared: &Shared,
+    slug: &str,
+    hash: &str,
+) -> Option<Vec<Question>> {
     let key = questions_key(shared, hash);
     let row = shared.files.manifest.dataset(slug).ok().flatten()?;
     if row.questions_key.as_deref() != Some(key.as_str()) {
         return None;
     }
     let path = questions_path(&shared.settings.out, slug);
-    match store::read_jsonl::<Question>(&path) {
-        Ok(qs) if path.is_file() => Some(qs),
-        Ok(_) => None,
+    // Thousands of questions with their programs: read off the runtime.
+    let read = shared
+        .files
+        .blocking(move |_, _| {
+            if !path.is_file() {
+                return Ok(None);
+            }
+            store::read_jsonl::<Question>(&path).map(Some)
+        })
+        .await;
+    match read {
+        Ok(qs) => qs,
         Err(e) => {
             warn!("questions file unusable, making it again: {e}");
             None
@@ -140,7 +153,7 @@ pub(super) async fn load_or_make_questions(
     let slug = &dataset.slug;
     let path = questions_path(&shared.settings.out, slug);
     let key = questions_key(shared, hash);
-    if let Some(qs) = reusable_questions(shared, slug, hash) {
+    if let Some(qs) = reusable_questions(shared, slug, hash).await {
         info!("reusing {} questions from {}", qs.len(), path.display());
         return Ok((qs, true));
     }
