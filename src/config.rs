@@ -13,6 +13,12 @@ pub const ENV_IMAGE: &str = "CSV_AGENT_IMAGE";
 pub const ENV_DATASETS: &str = "CSV_AGENT_DATASETS";
 /// Log verbosity of the supervisor (`error`, `warn`, `info`, `debug`).
 pub const ENV_LOG: &str = "CSV_AGENT_LOG";
+/// The bearer token `csv-agent serve --listen` requires on loopback TCP
+/// (and its clients send).
+pub const ENV_SERVE_TOKEN: &str = "CSV_AGENT_SERVE_TOKEN";
+/// A running `csv-agent serve` (a socket path or `http://127.0.0.1:PORT`)
+/// that `sandbox exec` uses instead of starting its own zygote.
+pub const ENV_SERVE: &str = "CSV_AGENT_SERVE";
 
 /// The cache directory: `$CSV_AGENT_CACHE_DIR`, else `$XDG_CACHE_HOME/csv-agent`,
 /// else `~/.cache/csv-agent`, else `/var/tmp/csv-agent-cache-<uid>` (a user

@@ -10,6 +10,7 @@ mod progress;
 mod results;
 mod run;
 mod sandbox;
+mod serve;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +69,9 @@ enum Command {
     /// Build or locate the Python image the jail runs.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Keep warm jails as a service: sessions (one fresh worker each) and
+    /// scoring over HTTP on a unix socket (docs/serve.md).
+    Serve(serve::ServeArgs),
 }
 
 /// Entry point of the binary. The jail-init mode is checked first, before
@@ -99,6 +103,11 @@ pub fn main() -> i32 {
         }
     };
     let result = runtime.block_on(async move {
+        // The server drains on SIGTERM itself; it is not raced against the signal.
+        let cli = match cli.command {
+            Command::Serve(args) => return serve::run(args).await,
+            command => Cli { command },
+        };
         let work = async move {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
@@ -114,6 +123,7 @@ pub fn main() -> i32 {
                 Command::Datasets(args) => datasets::run(args).await,
                 Command::Sandbox(cmd) => sandbox::run(cmd).await,
                 Command::Image(cmd) => image::run(cmd).await,
+                Command::Serve(args) => serve::run(args).await,
             }
         };
         // Ctrl-C or SIGTERM: drop the command's future, which drops its
