@@ -43,6 +43,11 @@ pub struct ExecArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// Run the cells in a session of a running `csv-agent serve` (its socket
+    /// path, or http://127.0.0.1:PORT with CSV_AGENT_SERVE_TOKEN) instead of
+    /// starting a zygote; default $CSV_AGENT_SERVE.
+    #[arg(long)]
+    serve: Option<String>,
 }
 
 pub async fn run(cmd: SandboxCommand) -> Result<i32> {
@@ -91,6 +96,14 @@ async fn exec(args: ExecArgs) -> Result<i32> {
     if !args.csv.is_file() {
         bail!("--csv {}: no such file", args.csv.display());
     }
+    let serve = args.serve.clone().or_else(|| {
+        std::env::var(crate::config::ENV_SERVE)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    if let Some(endpoint) = serve {
+        return exec_remote(&args, &cells, memory, &endpoint).await;
+    }
 
     let image = super::image::ensure_image().await?;
     let mut opts = SandboxOptions::new(&args.csv, image)?;
@@ -120,6 +133,44 @@ async fn exec(args: ExecArgs) -> Result<i32> {
         }
     }
     sandbox.shutdown().await;
+    outcome?;
+    Ok(if all_ok {
+        super::EXIT_OK
+    } else {
+        super::EXIT_FAILED
+    })
+}
+
+/// The same cells in a session of a running server: the same results,
+/// printed the same way, without a zygote start.
+async fn exec_remote(args: &ExecArgs, cells: &[String], memory: u64, endpoint: &str) -> Result<i32> {
+    use crate::serve::{Endpoint, ServeClient};
+    let csv = std::fs::canonicalize(&args.csv)
+        .with_context(|| format!("--csv {}", args.csv.display()))?;
+    let mut client = ServeClient::new(Endpoint::parse(endpoint));
+    let spec = serde_json::json!({
+        "csv": csv,
+        "limits": { "memory": memory, "timeout": args.timeout },
+    });
+    let id = client.create_session(&spec).await?;
+    let mut all_ok = true;
+    let mut outcome = Ok(());
+    for (i, code) in cells.iter().enumerate() {
+        let cell = match client.run_cell(&id, code, Some(args.timeout)).await {
+            Ok(c) => c,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        all_ok &= cell.status == CellStatus::Ok;
+        if args.json {
+            print_json(&cell)?;
+        } else {
+            print_notebook(i + 1, code, &cell);
+        }
+    }
+    let _ = client.delete_session(&id).await;
     outcome?;
     Ok(if all_ok {
         super::EXIT_OK

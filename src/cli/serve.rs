@@ -63,6 +63,12 @@ pub struct ServeArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// A connection must send a request's headers within this time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    header_timeout: Duration,
+    /// A request's body must arrive within this time (else 408).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    body_timeout: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> Result<i32> {
@@ -133,8 +139,8 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
         questions,
         default_cell_timeout: args.cell_timeout,
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(30),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
         drain_timeout: args.drain_timeout,
         max_connections: 1024,
     };
