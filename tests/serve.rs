@@ -55,7 +55,10 @@ impl Server {
             .expect("serve starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("serve prints its socket").expect("line");
+        let first = lines
+            .next()
+            .expect("serve prints its socket")
+            .expect("line");
         assert_eq!(first, format!("unix:{}", socket.display()));
         let tcp = if extra.contains(&"--listen") {
             Some(lines.next().expect("and its TCP address").expect("line"))
@@ -134,7 +137,9 @@ impl Drop for Server {
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
     match r {
-        Err(e) => e.status().unwrap_or_else(|| panic!("not an HTTP refusal: {e}")),
+        Err(e) => e
+            .status()
+            .unwrap_or_else(|| panic!("not an HTTP refusal: {e}")),
         Ok(v) => panic!("expected a refusal, got {v:?}"),
     }
 }
@@ -204,45 +209,82 @@ async fn sessions_run_cells_in_isolation_and_score_answers() {
     assert!(health["memory"]["daemon_rss_bytes"].as_u64().unwrap() > 0);
 
     // State persists across a session's cells.
-    let a = c.create_session(&json!({"dataset": "penguins"})).await.expect("session");
+    let a = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("session");
     assert_eq!(a.len(), 32, "128-bit ids");
-    let r = cell(&mut c, &a, "secret = 41\nopen('mine.txt', 'w').write('a')\nimport os; os.getpid()").await;
+    let r = cell(
+        &mut c,
+        &a,
+        "secret = 41\nopen('mine.txt', 'w').write('a')\nimport os; os.getpid()",
+    )
+    .await;
     assert_eq!(r.status, CellStatus::Ok, "{r:?}");
     let a_pid: i64 = r.result.as_deref().unwrap().parse().unwrap();
     let r = cell(&mut c, &a, "secret + 1").await;
     assert_eq!(r.result.as_deref(), Some("42"));
-    let r = cell(&mut c, &a, "submit(len(df)); hook(df.shape[1], 'df.shape[1]')").await;
+    let r = cell(
+        &mut c,
+        &a,
+        "submit(len(df)); hook(df.shape[1], 'df.shape[1]')",
+    )
+    .await;
     assert_eq!(r.submitted.as_ref().unwrap()["value"], 344);
 
     // Another session: none of it is visible.
-    let b = c.create_session(&json!({"dataset": "penguins"})).await.expect("session");
+    let b = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("session");
     let r = cell(&mut c, &b, "secret").await;
     assert_eq!(r.status, CellStatus::Error);
     assert_eq!(r.error.as_ref().unwrap()["type"], "NameError");
     let r = cell(&mut c, &b, "import os; os.path.exists('mine.txt')").await;
-    assert_eq!(r.result.as_deref(), Some("False"), "another session's files");
+    assert_eq!(
+        r.result.as_deref(),
+        Some("False"),
+        "another session's files"
+    );
     let r = cell(
         &mut c,
         &b,
         &format!("import os\ntry:\n    os.kill({a_pid}, 0); print('reached')\nexcept OSError as e:\n    print(type(e).__name__)"),
     )
     .await;
-    assert!(!r.stdout.contains("reached"), "another session's process: {r:?}");
+    assert!(
+        !r.stdout.contains("reached"),
+        "another session's process: {r:?}"
+    );
     // Nor another dataset: only penguins is in this jail.
     let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/grunfeld/data.csv");
-    let r = cell(&mut c, &b, &format!("import os; os.path.exists({:?})", other.display().to_string())).await;
+    let r = cell(
+        &mut c,
+        &b,
+        &format!(
+            "import os; os.path.exists({:?})",
+            other.display().to_string()
+        ),
+    )
+    .await;
     assert_eq!(r.result.as_deref(), Some("False"));
 
     // A session is bound to its creator: the TCP principal does not see it.
     let mut t = server.tcp_client(Some(TOKEN));
     assert_eq!(status_of(t.run_cell(&a, "1", None).await), 404);
     assert_eq!(status_of(t.delete_session(&a).await), 404);
-    let tcp_session = t.create_session(&json!({"dataset": "penguins"})).await.expect("tcp session");
+    let tcp_session = t
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("tcp session");
     assert_eq!(status_of(c.run_cell(&tcp_session, "1", None).await), 404);
     t.delete_session(&tcp_session).await.unwrap();
 
     // A cell past its timeout kills the worker; the next runs in a fresh one.
-    let r = c.run_cell(&a, "import time; time.sleep(30)", Some(1.0)).await.unwrap();
+    let r = c
+        .run_cell(&a, "import time; time.sleep(30)", Some(1.0))
+        .await
+        .unwrap();
     assert_eq!(r.status, CellStatus::Timeout);
     assert!(r.elapsed_ms < 10_000.0);
     let r = cell(&mut c, &a, "secret").await;
@@ -261,14 +303,23 @@ async fn sessions_run_cells_in_isolation_and_score_answers() {
         .unwrap();
     assert_eq!(s["match"], true);
     assert_eq!(s["reward"], 1.25);
-    let s = c.score(&json!({"question_id": "q-count", "submitted": 343})).await.unwrap();
-    assert_eq!((s["match"].clone(), s["reward"].clone()), (json!(false), json!(0.0)));
+    let s = c
+        .score(&json!({"question_id": "q-count", "submitted": 343}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s["match"].clone(), s["reward"].clone()),
+        (json!(false), json!(0.0))
+    );
     let s = c
         .score(&json!({"expected": {"answer": {"mean": 4.2}}, "submitted": {"mean": 4.2}}))
         .await
         .unwrap();
     assert_eq!(s["reward"], 1.0);
-    assert_eq!(status_of(c.score(&json!({"question_id": "nope"})).await), 404);
+    assert_eq!(
+        status_of(c.score(&json!({"question_id": "nope"})).await),
+        404
+    );
     assert_eq!(status_of(c.score(&json!({"submitted": 1})).await), 400);
 
     // The Python client (stdlib only) and its GRPO reward, against this server.
@@ -297,7 +348,11 @@ async fn sessions_run_cells_in_isolation_and_score_answers() {
             penguins.display().to_string(),
             "--json".to_string(),
         ];
-        for code in ["x = df.groupby('species').size()", "print(x.to_dict()); submit(int(x.max()))", "1/0"] {
+        for code in [
+            "x = df.groupby('species').size()",
+            "print(x.to_dict()); submit(int(x.max()))",
+            "1/0",
+        ] {
             v.push("--code".to_string());
             v.push(code.to_string());
         }
@@ -329,8 +384,18 @@ async fn sessions_run_cells_in_isolation_and_score_answers() {
     let local = common::csv_agent(&local_args);
     let local_time = started.elapsed();
     eprintln!("sandbox exec: local {local_time:?}, --serve {remote_time:?}");
-    assert_eq!(local.status.code(), Some(1), "{}", String::from_utf8_lossy(&local.stderr));
-    assert_eq!(remote.status.code(), local.status.code(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert_eq!(
+        local.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert_eq!(
+        remote.status.code(),
+        local.status.code(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
     assert_eq!(strip(&remote), strip(&local));
     assert_eq!(strip(&local).len(), 3);
 }
@@ -348,6 +413,8 @@ async fn bad_input_is_refused_and_others_are_still_served() {
         "2",
         "--max-cell-timeout",
         "20s",
+        "--cell-timeout",
+        "10s",
         "--header-timeout",
         "1s",
         "--body-timeout",
@@ -360,23 +427,81 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     // Malformed JSON, unknown fields, unknown routes, wrong methods.
     let reply = raw(
         &server.socket,
-        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"datase",
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"datase",
         Duration::from_secs(5),
     );
     assert!(s(&reply).contains("400"), "{reply}");
     assert!(reply.contains("malformed JSON"), "{reply}");
-    assert_eq!(status_of(c.request(http::Method::POST, "/v1/sessions", Some(&json!({"dataset": "penguins", "x": 1}))).await), 400);
-    assert_eq!(status_of(c.request(http::Method::POST, "/v1/sessions", Some(&json!({}))).await), 400);
-    assert_eq!(status_of(c.request(http::Method::POST, "/v1/sessions", Some(&json!({"dataset": "no-such"}))).await), 404);
-    assert_eq!(status_of(c.request(http::Method::POST, "/v1/sessions", Some(&json!({"csv": "relative.csv"}))).await), 400);
-    assert_eq!(status_of(c.request(http::Method::GET, "/v2/health", None).await), 404);
-    assert_eq!(status_of(c.request(http::Method::GET, "/", None).await), 404);
-    assert_eq!(status_of(c.request(http::Method::PUT, "/v1/health", None).await), 405);
-    assert_eq!(status_of(c.run_cell("0123456789abcdef0123456789abcdef", "1", None).await), 404);
+    assert_eq!(
+        status_of(
+            c.request(
+                http::Method::POST,
+                "/v1/sessions",
+                Some(&json!({"dataset": "penguins", "x": 1}))
+            )
+            .await
+        ),
+        400
+    );
+    assert_eq!(
+        status_of(
+            c.request(http::Method::POST, "/v1/sessions", Some(&json!({})))
+                .await
+        ),
+        400
+    );
+    assert_eq!(
+        status_of(
+            c.request(
+                http::Method::POST,
+                "/v1/sessions",
+                Some(&json!({"dataset": "no-such"}))
+            )
+            .await
+        ),
+        404
+    );
+    assert_eq!(
+        status_of(
+            c.request(
+                http::Method::POST,
+                "/v1/sessions",
+                Some(&json!({"csv": "relative.csv"}))
+            )
+            .await
+        ),
+        400
+    );
+    assert_eq!(
+        status_of(c.request(http::Method::GET, "/v2/health", None).await),
+        404
+    );
+    assert_eq!(
+        status_of(c.request(http::Method::GET, "/", None).await),
+        404
+    );
+    assert_eq!(
+        status_of(c.request(http::Method::PUT, "/v1/health", None).await),
+        405
+    );
+    assert_eq!(
+        status_of(
+            c.run_cell("0123456789abcdef0123456789abcdef", "1", None)
+                .await
+        ),
+        404
+    );
     // Oversize body: declared, and streamed without a length.
     let big = "x".repeat(100 * 1024);
-    assert_eq!(status_of(c.run_cell("whatever", &big, None).await), 404, "an unknown session first");
-    let id = c.create_session(&json!({"dataset": "penguins"})).await.expect("session");
+    assert_eq!(
+        status_of(c.run_cell("whatever", &big, None).await),
+        404,
+        "an unknown session first"
+    );
+    let id = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("session");
     assert_eq!(status_of(c.run_cell(&id, &big, None).await), 413);
     // The server may close a connection whose body it did not read.
     let mut c = server.client();
@@ -393,13 +518,26 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     // Bounds: cell time, sessions.
     assert_eq!(status_of(c.run_cell(&id, "1", Some(3600.0)).await), 400);
     assert_eq!(status_of(c.run_cell(&id, "1", Some(-1.0)).await), 400);
-    let id2 = c.create_session(&json!({"dataset": "penguins"})).await.expect("second session");
-    assert_eq!(status_of(c.create_session(&json!({"dataset": "penguins"})).await), 429);
+    let id2 = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("second session");
+    assert_eq!(
+        status_of(c.create_session(&json!({"dataset": "penguins"})).await),
+        429
+    );
     c.delete_session(&id2).await.unwrap();
     // A slow client: headers never finished, body never finished.
     let started = Instant::now();
-    let reply = raw(&server.socket, b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(8), "a slow header is cut");
+    let reply = raw(
+        &server.socket,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a slow header is cut"
+    );
     assert!(!reply.contains("201"), "{reply}");
     let reply = raw(
         &server.socket,
@@ -409,7 +547,15 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     assert!(s(&reply).contains("408"), "{reply}");
     // TCP: no token, a wrong token, a token without the scheme.
     assert_eq!(status_of(server.tcp_client(None).health().await), 401);
-    assert_eq!(status_of(server.tcp_client(Some("wrong-token-0123456789")).health().await), 401);
+    assert_eq!(
+        status_of(
+            server
+                .tcp_client(Some("wrong-token-0123456789"))
+                .health()
+                .await
+        ),
+        401
+    );
     assert!(server.tcp_client(Some(TOKEN)).health().await.is_ok());
     // Another uid on the socket. The 0700 directory keeps it out first;
     // opened up on purpose, the peer-credential check still refuses it.
@@ -421,15 +567,31 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     let probe = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
                  s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
                  print(s.recv(4096).split(b'\\r\\n')[0].decode())";
+    // The system interpreter: a root-only pyenv shim would not run as 65534.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "python3", "-c", probe])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+            probe,
+        ])
         .arg(&server.socket)
         .output()
         .expect("setpriv runs");
     std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.contains("403"), "another uid: {line} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        line.contains("403"),
+        "another uid: {line} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Still serving, the session intact.
     let r = c.run_cell(&id, "6 * 7", None).await.unwrap();
     assert_eq!(r.result.as_deref(), Some("42"));
@@ -441,10 +603,17 @@ async fn bad_input_is_refused_and_others_are_still_served() {
 
 fn cgroups_of(pid: i32) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for root in ["/sys/fs/cgroup/memory/csv-agent", "/sys/fs/cgroup/csv-agent", "/sys/fs/cgroup/pids/csv-agent"] {
+    for root in [
+        "/sys/fs/cgroup/memory/csv-agent",
+        "/sys/fs/cgroup/csv-agent",
+        "/sys/fs/cgroup/pids/csv-agent",
+    ] {
         if let Ok(entries) = std::fs::read_dir(root) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("{pid}-")) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pid}-"))
+                {
                     out.push(e.path());
                 }
             }
@@ -459,13 +628,22 @@ fn cgroups_of(pid: i32) -> Vec<PathBuf> {
 async fn killed_workers_zygotes_and_servers_leave_nothing_behind() {
     let mut server = Server::start(&["--preload", "penguins"]);
     let mut c = server.client();
-    let a = c.create_session(&json!({"dataset": "penguins"})).await.unwrap();
-    let b = c.create_session(&json!({"dataset": "penguins"})).await.unwrap();
+    let a = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .unwrap();
+    let b = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .unwrap();
     cell(&mut c, &a, "x = 1").await;
     cell(&mut c, &b, "y = 2").await;
 
     // Kill a's worker from outside: a is lost (503, then 404); b goes on.
-    let info = c.request(http::Method::GET, &format!("/v1/sessions/{a}"), None).await.unwrap();
+    let info = c
+        .request(http::Method::GET, &format!("/v1/sessions/{a}"), None)
+        .await
+        .unwrap();
     let worker = info["worker_host_pid"].as_u64().unwrap() as i32;
     // SAFETY: kill(2) on a pid the server reported.
     unsafe {
@@ -488,8 +666,14 @@ async fn killed_workers_zygotes_and_servers_leave_nothing_behind() {
     assert!(wait_gone(zygote as u32, Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_of(c.run_cell(&b, "y", None).await), 503);
-    let fresh = c.create_session(&json!({"dataset": "penguins"})).await.expect("restarted");
-    assert_eq!(cell(&mut c, &fresh, "len(df)").await.result.as_deref(), Some("344"));
+    let fresh = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("restarted");
+    assert_eq!(
+        cell(&mut c, &fresh, "len(df)").await.result.as_deref(),
+        Some("344")
+    );
     let health = c.health().await.unwrap();
     assert_eq!(health["sandboxes"][0]["starts"], 2);
     let zygote = health["sandboxes"][0]["zygote_host_pid"].as_u64().unwrap() as u32;
@@ -498,39 +682,65 @@ async fn killed_workers_zygotes_and_servers_leave_nothing_behind() {
     let socket = server.socket.clone();
     let in_flight = tokio::spawn(async move {
         let mut c = ServeClient::new(Endpoint::Unix(socket));
-        c.run_cell(&fresh, "import time; time.sleep(2); 'done'", None).await
+        c.run_cell(&fresh, "import time; time.sleep(2); 'done'", None)
+            .await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.pid();
     server.signal(libc::SIGTERM);
-    let r = in_flight.await.unwrap().expect("the cell in flight finished");
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("the cell in flight finished");
     assert_eq!(r.result.as_deref(), Some("'done'"));
-    let status = server.wait(Duration::from_secs(20)).expect("the server exits");
+    let status = server
+        .wait(Duration::from_secs(20))
+        .expect("the server exits");
     assert!(status.success(), "{status:?}");
     assert!(!server.socket.exists(), "the socket is removed");
-    assert!(wait_gone(zygote, Duration::from_secs(5)), "the zygote stops");
+    assert!(
+        wait_gone(zygote, Duration::from_secs(5)),
+        "the zygote stops"
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(cgroups_of(pid).is_empty(), "cgroups removed: {:?}", cgroups_of(pid));
+    assert!(
+        cgroups_of(pid).is_empty(),
+        "cgroups removed: {:?}",
+        cgroups_of(pid)
+    );
 
     // SIGKILL: the jail dies with its supervisor; the next start clears
     // the stale socket and the cgroups.
-    let dir = tempfile::Builder::new().prefix("csv-agent-serve-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("csv-agent-serve-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let socket = dir.path().join("serve.sock");
     let mut killed = Server::start_at(socket.clone(), dir, &["--preload", "penguins"]);
     let mut c = killed.client();
-    let id = c.create_session(&json!({"dataset": "penguins"})).await.unwrap();
+    let id = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .unwrap();
     cell(&mut c, &id, "1").await;
     let health = c.health().await.unwrap();
     let zygote = health["sandboxes"][0]["zygote_host_pid"].as_u64().unwrap() as u32;
     let killed_pid = killed.pid();
     killed.signal(libc::SIGKILL);
     killed.wait(Duration::from_secs(5)).expect("killed");
-    assert!(wait_gone(zygote, Duration::from_secs(10)), "the jail died with the server");
+    assert!(
+        wait_gone(zygote, Duration::from_secs(10)),
+        "the jail died with the server"
+    );
     assert!(socket.exists(), "SIGKILL leaves the socket");
     let dir2 = tempfile::tempdir().unwrap();
     let next = Server::start_at(socket.clone(), dir2, &["--preload", "penguins"]);
     let mut c = next.client();
     assert_eq!(c.health().await.unwrap()["status"], "ok");
-    assert!(cgroups_of(killed_pid).is_empty(), "stale cgroups cleaned: {:?}", cgroups_of(killed_pid));
+    assert!(
+        cgroups_of(killed_pid).is_empty(),
+        "stale cgroups cleaned: {:?}",
+        cgroups_of(killed_pid)
+    );
 }

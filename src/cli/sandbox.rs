@@ -143,7 +143,12 @@ async fn exec(args: ExecArgs) -> Result<i32> {
 
 /// The same cells in a session of a running server: the same results,
 /// printed the same way, without a zygote start.
-async fn exec_remote(args: &ExecArgs, cells: &[String], memory: u64, endpoint: &str) -> Result<i32> {
+async fn exec_remote(
+    args: &ExecArgs,
+    cells: &[String],
+    memory: u64,
+    endpoint: &str,
+) -> Result<i32> {
     use crate::serve::{Endpoint, ServeClient};
     let csv = std::fs::canonicalize(&args.csv)
         .with_context(|| format!("--csv {}", args.csv.display()))?;

@@ -181,6 +181,10 @@ impl ServeClient {
                 source,
             })?;
         let status = resp.status();
+        let closing = resp
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let collected = Limited::new(resp.into_body(), MAX_REPLY)
             .collect()
             .await
@@ -189,7 +193,9 @@ impl ServeClient {
                 detail: e.to_string(),
             })?
             .to_bytes();
-        self.sender = Some(sender);
+        if !closing {
+            self.sender = Some(sender);
+        }
         let value: Value = serde_json::from_slice(&collected).map_err(|e| ClientError::Reply {
             endpoint: endpoint.clone(),
             detail: format!("not JSON ({e})"),

@@ -90,11 +90,19 @@ impl ApiError {
     fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
+    /// The error as JSON, closing the connection: the request's body may
+    /// not have been read (an unknown session, a body too large), and the
+    /// client must not send its next request after those bytes.
     fn response(self) -> Response<Full<Bytes>> {
-        json_response(
+        let mut r = json_response(
             self.status,
             &json!({"error": self.message, "status": self.status.as_u16()}),
-        )
+        );
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        r
     }
 }
 
