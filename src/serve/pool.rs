@@ -90,7 +90,7 @@ pub enum PoolError {
     Start {
         label: String,
         #[source]
-        source: crate::sandbox::SandboxError,
+        source: Box<crate::sandbox::SandboxError>,
     },
     #[error("reading {path}: {source}")]
     Read {
@@ -229,7 +229,7 @@ impl Pool {
             SandboxOptions::new(&slot.csv, self.settings.image.clone()).map_err(|source| {
                 PoolError::Start {
                     label: slot.label.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         opts.limits = Limits {
@@ -247,7 +247,7 @@ impl Pool {
             .await
             .map_err(|source| PoolError::Start {
                 label: slot.label.clone(),
-                source,
+                source: Box::new(source),
             })?;
         slot.starts.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = slot.current.lock() {
