@@ -160,11 +160,7 @@ pub async fn serve(
         draining: AtomicBool::new(false),
     });
 
-    for slug in &settings.preload {
-        preload(&state, slug).await?;
-    }
-
-    // Listeners.
+    // Listeners: the socket's place is checked before any jail starts.
     let dir = settings
         .socket
         .parent()
@@ -172,6 +168,9 @@ pub async fn serve(
         .unwrap_or(Path::new("."));
     auth::prepare_socket_dir(dir, owner)?;
     auth::clear_stale_socket(&settings.socket)?;
+    for slug in &settings.preload {
+        preload(&state, slug).await?;
+    }
     let unix =
         tokio::net::UnixListener::bind(&settings.socket).map_err(|source| ServeError::Io {
             what: "binding the socket",

@@ -32,6 +32,8 @@ pub struct Session {
     last_used: Mutex<Instant>,
     cells: AtomicU64,
     closed: AtomicBool,
+    /// A cell is running (a second one is refused).
+    running: AtomicBool,
     /// Wakes a running cell when the session is deleted (its worker is then killed).
     deleted: Notify,
 }
@@ -82,9 +84,13 @@ impl Session {
     /// the worker, which kills it and its cgroup) and reports the same
     /// result; the next cell runs in a fresh worker.
     pub async fn run_cell(&self, code: &str, timeout: Duration) -> Result<CellResult, CellError> {
-        let Ok(mut task) = self.task.try_lock() else {
+        // Busy is its own flag: readers (health, info) hold the task's lock
+        // for an instant, which must not look like a running cell.
+        if self.running.swap(true, Ordering::AcqRel) {
             return Err(CellError::Busy);
-        };
+        }
+        let _running = Running(&self.running);
+        let mut task = self.task.lock().await;
         if self.closed.load(Ordering::Acquire) {
             return Err(CellError::Deleted);
         }
@@ -141,6 +147,15 @@ impl Session {
             .ok()
             .and_then(|t| t.worker().and_then(|w| w.cgroup_memory()))
             .unwrap_or(0)
+    }
+}
+
+/// Clears the running flag however the cell ends (also when its request is dropped).
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -282,6 +297,7 @@ impl Sessions {
             last_used: Mutex::new(Instant::now()),
             cells: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             deleted: Notify::new(),
         });
         if let Ok(mut m) = self.map.lock() {
@@ -351,7 +367,7 @@ impl Sessions {
         let stale: Vec<Arc<Session>> = self
             .all()
             .into_iter()
-            .filter(|s| s.idle_for() >= self.idle_timeout && s.task.try_lock().is_ok())
+            .filter(|s| s.idle_for() >= self.idle_timeout && !s.running.load(Ordering::Acquire))
             .collect();
         for s in &stale {
             self.discard(pool, s);
