@@ -17,6 +17,14 @@ unverified episodes: `csv-agent run --only penguins,seattle-weather
 deliberately flawed templates give disagreeing traces (negatives for dpo /
 kto / prm / orm). See docs/formats.md, "Validation by training".
 
+The `rl` step runs its rollouts in the jail: the script starts `csv-agent
+serve` and the GRPO reward is clients/python/csv_agent_client.py's
+`make_grpo_reward` (each completion's code in a fresh session, scored by the
+server with the documented reward). Before training, every verified rl row
+is rolled out once with its episode's gold program as the completion and must
+score >= 1.0 (a wrong answer must not): `--rl-rollouts-only` runs just that
+check, without the training libraries.
+
 Exit 0 when every trainer ran; 1 when one failed or could not run (named,
 with the reason); 2 when the set-up failed (no binary, export error).
 """
@@ -354,22 +362,100 @@ def run_orm(ds, tok, out, a):
                    processing_class=tok)
 
 
-RL_SEEN: dict = {}
+RL_SEEN: dict = {"rollouts": 0, "with_code": 0}
+# The jail reward (csv_agent_client.make_grpo_reward), set once the server runs.
+JAIL_REWARD = None
+
+
+def client_module():
+    sys.path.insert(0, str(REPO / "clients" / "python"))
+    import csv_agent_client
+
+    return csv_agent_client
+
+
+class JailServer:
+    """`csv-agent serve` on a private socket for the rl rollouts."""
+
+    def __init__(self, binary: Path, work: Path):
+        self.socket = work / "serve" / "sock" / "serve.sock"
+        self.socket.parent.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket.parent.parent, 0o700)
+        cmd = [str(binary), "serve", "--socket", str(self.socket), "--datasets", str(REPO / "datasets")]
+        log(f"$ {' '.join(cmd)}")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("unix:"):
+            self.proc.wait(timeout=30)
+            raise SetupError(f"csv-agent serve did not start (exit {self.proc.returncode})")
+        self.endpoint = str(self.socket)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def gold_programs(episodes: Path) -> dict:
+    """question id -> (verified, the gold trace's code blocks up to its last submitting turn)."""
+    out = {}
+    with open(episodes, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            e = json.loads(line)
+            turns = (e.get("gold_trace") or {}).get("turns") or []
+            last = max((i for i, t in enumerate(turns)
+                        if (t.get("execution") or {}).get("submitted_answer") is not None), default=-1)
+            out[e["question"]["id"]] = (bool(e.get("verified")), [t["code"] for t in turns[: last + 1]])
+    return out
+
+
+def check_rl_rollouts(endpoint: str, rl_path: Path, episodes: Path, limit: int) -> tuple[str, list[str]]:
+    """Roll out verified rl rows in the jail with their gold program as the
+    completion (must score >= 1.0) and with a wrong answer (must not)."""
+    cac = client_module()
+    reward = cac.make_grpo_reward(endpoint, datasets_root=str(REPO))
+    gold = gold_programs(episodes)
+    rows = [json.loads(l) for l in open(rl_path, encoding="utf-8") if l.strip()]
+    rows = [r for r in rows if gold.get(r["question_id"], (False, []))[0] and gold[r["question_id"]][1]][:limit]
+    if not rows:
+        return "no verified rl row with a gold program", ["rl: nothing to roll out"]
+    cols = {k: [r[k] for r in rows] for k in ("answer", "answer_hash", "ground_truth_hashes", "hook_hashes", "dataset")}
+    good = ["\n".join(f"```python\n{code}\n```" for code in gold[r["question_id"]][1]) for r in rows]
+    wrong = ["```python\nsubmit('certainly not the answer')\n```"] * len(rows)
+    t0 = time.monotonic()
+    g = reward(completions=good, **cols)
+    w = reward(completions=wrong, **cols)
+    problems = [f"rl row {r['question_id']}: the gold program scored {x} in the jail"
+                for r, x in zip(rows, g) if x < 1.0]
+    problems += [f"rl row {r['question_id']}: a wrong answer scored {x}" for r, x in zip(rows, w) if x >= 1.0]
+    full = sum(1 for r, x in zip(rows, g) if r["hook_hashes"] and x >= 1.0 + 0.25 - 1e-9)
+    msg = (f"{len(rows)} verified rows rolled out in the jail ({2 * len(rows)} sessions, "
+           f"{time.monotonic() - t0:.1f}s): gold programs scored {min(g):.3f}..{max(g):.3f} "
+           f"(mean {sum(g) / len(g):.3f}; {full} with every expected hook), wrong answers {max(w):.3f} at most")
+    return msg, problems
 
 
 def rl_reward(completions, answer, answer_hash, ground_truth_hashes, hook_hashes, dataset, **kwargs):
-    """A stand-in for csv_agent::formats::reward: a tiny random model never
-    writes a runnable ```python block, so the answer term is a text match of
-    the reference answer; a small length term gives GRPO non-zero advantages.
-    It checks that every rl column reaches the reward function."""
+    """The real reward: each completion's code runs in a fresh session in the
+    jail (csv-agent serve) and is scored by the server
+    (csv_agent::formats::reward). A tiny random model writes no ```python
+    block, so that term is 0 for it; a small length term gives GRPO non-zero
+    advantages. Also checks that every rl column reaches the reward function."""
     RL_SEEN.update(answer_hash=answer_hash[0], hooks=len(hook_hashes[0]), dataset=dataset[0],
                    gt=len(ground_truth_hashes[0]))
+    cac = client_module()
+    jail = JAIL_REWARD(completions, answer, answer_hash, ground_truth_hashes, hook_hashes, dataset)
+    RL_SEEN["rollouts"] += len(completions)
+    RL_SEEN["with_code"] += sum(1 for c in completions if cac.extract_code(c))
     out = []
-    for c, a in zip(completions, answer):
+    for c, j in zip(completions, jail):
         text = c[-1]["content"] if isinstance(c, list) else c
-        expected = json.loads(a)
-        ok = 1.0 if json.dumps(expected) in text or str(expected) in text else 0.0
-        out.append(ok + 0.01 * min(len(text), 100) / 100)
+        out.append(j + 0.01 * min(len(text), 100) / 100)
     return out
 
 
@@ -439,6 +525,32 @@ def fmt_loss(x):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
+def rollouts_only(a) -> int:
+    """Export rl (with unverified episodes) and roll its verified rows out in the jail."""
+    work = a.work_dir or Path(tempfile.mkdtemp(prefix="validate-formats-"))
+    work.mkdir(parents=True, exist_ok=True)
+    server = None
+    try:
+        binary = find_bin(a.bin)
+        episodes = a.episodes.resolve() if a.episodes else make_episodes(binary, work, a.max_questions)
+        rl = work / "rl.jsonl"
+        log(f"rl: {export(binary, 'rl', episodes, rl, True)}")
+        server = JailServer(binary, work)
+        msg, problems = check_rl_rollouts(server.endpoint, rl, episodes, a.rl_rollouts)
+    except SetupError as e:
+        log(f"SET-UP FAILED: {e}")
+        return 2
+    finally:
+        if server is not None:
+            server.stop()
+        if not a.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"rl rollouts in the jail: {msg}")
+    for p in problems:
+        log(f"PROBLEM: {p}")
+    return 1 if problems else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--episodes", type=Path, help="episodes file; default: make one (see --max-questions)")
@@ -455,7 +567,12 @@ def main() -> int:
     ap.add_argument("--work-dir", type=Path, help="keep exports and outputs here (default: a temp dir, removed)")
     ap.add_argument("--verbose", action="store_true", help="print the trainers' log line of every step")
     ap.add_argument("--report", type=Path, help="also write the results (JSON, then the Markdown table) to this file")
+    ap.add_argument("--rl-rollouts", type=int, default=40, help="verified rl rows rolled out with their gold program")
+    ap.add_argument("--rl-rollouts-only", action="store_true",
+                    help="only export rl and roll it out in the jail (no training libraries needed)")
     a = ap.parse_args()
+    if a.rl_rollouts_only:
+        return rollouts_only(a)
 
     t_all = time.monotonic()
     formats = [f for f in a.formats.split(",") if f]
@@ -567,7 +684,18 @@ def main() -> int:
         log(f"{fmt:16} prompt is a token prefix of prompt + {'/'.join(sides)}: "
             + ("yes, every row" if not bad_rows else f"NO for {len(bad_rows)}: {bad_rows[:5]}"))
 
-    # 4. train
+    # 4. train (the rl rollouts run in the jail: csv-agent serve)
+    global JAIL_REWARD
+    server = None
+    if "rl" in formats and "rl" in loaded and JAIL_REWARD is None:
+        try:
+            server = JailServer(binary, work)
+            msg, rl_problems = check_rl_rollouts(server.endpoint, exports["rl"], episodes, a.rl_rollouts)
+            log(f"\n== rl rollouts in the jail: {msg}")
+            problems += rl_problems
+            JAIL_REWARD = client_module().make_grpo_reward(server.endpoint, datasets_root=str(REPO))
+        except SetupError as e:
+            problems.append(f"rl: {e}")
     results = []
     for fmt in formats:
         trainer_name, fn = TRAINERS[fmt]
@@ -608,7 +736,8 @@ def main() -> int:
             row["start5"], row["end5"] = losses(hist, "loss", 5)
             if fmt == "rl":
                 r0, r1 = losses(hist, "reward")
-                row["note"] = (f"reward {fmt_loss(r0)} → {fmt_loss(r1)}; reward fn got answer_hash, "
+                row["note"] = (f"reward {fmt_loss(r0)} → {fmt_loss(r1)}; {RL_SEEN['rollouts']} completions "
+                               f"rolled out in the jail ({RL_SEEN['with_code']} with code); reward fn got answer_hash, "
                                f"{RL_SEEN.get('gt')} ground-truth hashes, {RL_SEEN.get('hooks')} hook hashes, "
                                f"dataset {RL_SEEN.get('dataset')}")
             if row["start"] is None or not all(math.isfinite(x) for x in (row["start"], row["end"])):
@@ -620,6 +749,9 @@ def main() -> int:
         row["time"] = time.monotonic() - t0
         log(f"-- {fmt}: {row['status']}, {row['steps']} steps, loss {fmt_loss(row['start'])} → "
             f"{fmt_loss(row['end'])}, {row['time']:.1f}s {row['note']}")
+
+    if server is not None:
+        server.stop()
 
     # 5. report
     head = "| format | trainer | rows | steps | loss start | loss end | mean of first 5 → last 5 | time |"

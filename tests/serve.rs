@@ -744,3 +744,31 @@ async fn killed_workers_zygotes_and_servers_leave_nothing_behind() {
         cgroups_of(killed_pid)
     );
 }
+
+// scripts/validate_formats.py's rl check, without the training libraries:
+// the rl export of a small run, each verified row rolled out in the jail
+// (through csv-agent serve and the Python client) with its gold program
+// (must score >= 1) and with a wrong answer (must not).
+#[test]
+fn validate_formats_rolls_out_rl_rows_in_the_jail() {
+    let _ = common::image();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/validate_formats.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--rl-rollouts-only",
+            "--max-questions",
+            "3",
+            "--bin",
+            common::BIN,
+        ])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rolled out in the jail"), "{stdout}");
+}
