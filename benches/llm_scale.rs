@@ -577,6 +577,7 @@ fn settings(
         sources: Default::default(),
         limits: Default::default(),
         recovery: Default::default(),
+        serve: None,
     }
 }
 

@@ -136,6 +136,7 @@ fn main() {
             sources: Default::default(),
             limits: Default::default(),
             recovery: Default::default(),
+            serve: None,
         };
         let cpu_before = own_cpu();
         let t = Instant::now();

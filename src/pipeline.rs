@@ -48,6 +48,7 @@ use crate::questions::llm::{GenerationConfig, GenerationError};
 use crate::questions::{self as question_catalog, Template};
 use crate::sandbox::{Image, LimitChoice, Limits, SandboxError, SandboxOptions};
 use crate::schema::{Question, Usage};
+use crate::serve::source::TaskSource;
 use crate::store::{
     self, DatasetRow, DatasetStatus, EpisodeLog, Manifest, OutputLock, QuestionRow, QuestionStatus,
     StoreError, EPISODES_FILE, MANIFEST_FILE,
@@ -177,6 +178,9 @@ pub struct RunSettings {
     pub limits: LimitChoice,
     /// Sandbox restarts and retries after infrastructure failures.
     pub recovery: Recovery,
+    /// Run every task in a session of this `csv-agent serve` instead of a
+    /// sandbox of our own (`run --serve`).
+    pub serve: Option<crate::serve::Endpoint>,
 }
 
 /// `--questions template|llm|all`.
@@ -559,7 +563,22 @@ async fn prepare_and_answer(
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }
-    let jail = Jail::start(opts, settings.recovery).await?;
+    let jail = match &settings.serve {
+        None => Jail::start(opts, settings.recovery).await?,
+        Some(endpoint) => {
+            let csv = std::fs::canonicalize(&dataset.csv).map_err(|source| SandboxError::Io {
+                what: format!("resolving {}", dataset.csv.display()),
+                source,
+            })?;
+            let source = crate::serve::source::RemoteSource::connect(
+                endpoint.clone(),
+                csv,
+                opts.limits.clone(),
+            )
+            .await?;
+            Jail::remote(source, opts, settings.recovery)
+        }
+    };
     let (_, sandbox) = jail.current().await;
     info!(
         "sandbox {} ready in {:.1} s: {} rows x {} columns",

@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use crate::answers::answer_hash;
-use crate::sandbox::{CellResult, CellStatus, Sandbox, SandboxError};
+use crate::sandbox::{CellResult, CellStatus, SandboxError};
 use crate::schema::{Execution, Hook, ProgramStep, Programs, Trace, Turn};
+use crate::serve::source::TaskSource;
 
 /// An infrastructure failure met while running a trace (see
 /// [`SandboxError::is_infrastructure`]): the sandbox or the worker was lost
@@ -74,7 +75,7 @@ pub fn error_summary(cell: &CellResult) -> String {
 /// fails. The last answer submitted is the trace's answer. An
 /// infrastructure failure is an `Err`, never a failed trace.
 pub async fn run_steps(
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     label: &str,
     steps: &[ProgramStep],
 ) -> Result<Trace, Infra> {
@@ -142,7 +143,7 @@ pub async fn run_steps(
 /// turn), every one in its own fresh worker, all concurrently. An
 /// infrastructure failure in any of them is the `Err` of the whole.
 pub async fn run_programs(
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     programs: &Programs,
 ) -> Result<(Trace, Vec<Trace>), Infra> {
     let alternatives: Vec<[ProgramStep; 1]> = programs

@@ -772,3 +772,83 @@ fn validate_formats_rolls_out_rl_rows_in_the_jail() {
     );
     assert!(stdout.contains("rolled out in the jail"), "{stdout}");
 }
+
+/// Episodes without what differs from run to run (times, timestamps).
+fn episodes_without_timing(path: &Path) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for k in [
+                    "timestamp",
+                    "timing",
+                    "elapsed",
+                    "elapsed_ms",
+                    "worker_wait",
+                ] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut out: Vec<Value> = std::fs::read_to_string(path)
+        .expect("episodes")
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            strip(&mut v);
+            v
+        })
+        .collect();
+    out.sort_by_key(|e| e["episode_id"].as_str().unwrap_or("").to_string());
+    out
+}
+
+// `run --serve` writes the episodes a local run writes, in a fraction of
+// the time once the server is warm.
+#[test]
+fn run_with_and_without_serve_gives_the_same_episodes() {
+    let server = Server::start(&["--preload", "penguins"]);
+    let out = tempfile::tempdir().unwrap();
+    let datasets = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+    let run = |dir: &str, serve: bool| {
+        let mut args = vec![
+            "run".to_string(),
+            "--datasets".to_string(),
+            datasets.display().to_string(),
+            "--only".to_string(),
+            "penguins".to_string(),
+            "--max-questions".to_string(),
+            "4".to_string(),
+            "--out".to_string(),
+            out.path().join(dir).display().to_string(),
+        ];
+        if serve {
+            args.push("--serve".to_string());
+            args.push(server.socket.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let o = common::csv_agent(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        started.elapsed()
+    };
+    let local = run("local", false);
+    let remote = run("serve", true);
+    eprintln!(
+        "run --max-questions 4 on penguins: local {:.2} s, --serve (warm) {:.2} s",
+        local.as_secs_f64(),
+        remote.as_secs_f64()
+    );
+    let a = episodes_without_timing(&out.path().join("local/episodes.jsonl"));
+    let b = episodes_without_timing(&out.path().join("serve/episodes.jsonl"));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "the same episodes with and without --serve");
+    // The server kept no session.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sessions =
+        rt.block_on(async { server.client().health().await.unwrap()["sessions"].clone() });
+    assert_eq!(sessions, 0);
+}

@@ -226,6 +226,11 @@ pub struct SelectArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// Run every task in a session of a running `csv-agent serve` (its
+    /// socket path, or http://127.0.0.1:PORT with CSV_AGENT_SERVE_TOKEN)
+    /// instead of starting a zygote per dataset; default $CSV_AGENT_SERVE.
+    #[arg(long)]
+    serve: Option<String>,
     /// Your own template files (*.toml, format in docs/templates.md), used
     /// ahead of the built-in catalog.
     #[arg(long)]
@@ -436,6 +441,14 @@ async fn settings(
             max_restarts: select.max_restarts,
             ..Default::default()
         },
+        serve: select
+            .serve
+            .or_else(|| {
+                std::env::var(crate::config::ENV_SERVE)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .map(|s| crate::serve::Endpoint::parse(&s)),
     })
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::sandbox::{CellStatus, Sandbox, SandboxError, SandboxOptions};
+use crate::serve::source::{RemoteSource, Workers};
 
 /// What the pipeline does when the infrastructure fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +94,9 @@ pub struct Exhausted {
 
 struct Current {
     generation: u64,
-    sandbox: Sandbox,
+    /// A local sandbox, or a running server's (`run --serve`), which
+    /// restarts its own and never needs replacing here.
+    sandbox: Workers,
 }
 
 /// One dataset's sandbox, replaced when it dies.
@@ -139,7 +142,7 @@ impl Jail {
             recovery,
             current: tokio::sync::Mutex::new(Current {
                 generation: 0,
-                sandbox,
+                sandbox: Workers::Local(sandbox),
             }),
             incidents: Mutex::new(incidents),
             faults_seen: Mutex::new(HashMap::new()),
@@ -148,8 +151,26 @@ impl Jail {
         })
     }
 
+    /// The dataset's workers from a running `csv-agent serve` (`--serve`):
+    /// nothing to start or restart here; a lost session is retried like a
+    /// lost worker.
+    pub fn remote(source: RemoteSource, opts: SandboxOptions, recovery: Recovery) -> Jail {
+        Jail {
+            opts,
+            recovery,
+            current: tokio::sync::Mutex::new(Current {
+                generation: 0,
+                sandbox: Workers::Remote(std::sync::Arc::new(source)),
+            }),
+            incidents: Mutex::new(Incidents::default()),
+            faults_seen: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(0),
+            exhausted: Mutex::new(None),
+        }
+    }
+
     /// The live sandbox and its generation (a shared handle).
-    pub async fn current(&self) -> (u64, Sandbox) {
+    pub async fn current(&self) -> (u64, Workers) {
         let current = self.current.lock().await;
         (current.generation, current.sandbox.clone())
     }
@@ -248,7 +269,7 @@ impl Jail {
                         sandbox.id(),
                         current.sandbox.id()
                     );
-                    let old = std::mem::replace(&mut current.sandbox, sandbox);
+                    let old = std::mem::replace(&mut current.sandbox, Workers::Local(sandbox));
                     self.count_faults(current.generation, &old);
                     current.generation += 1;
                     // Whatever still holds the old one fails and retries.
@@ -270,7 +291,7 @@ impl Jail {
         self.count_faults(generation, &sandbox);
     }
 
-    fn count_faults(&self, generation: u64, sandbox: &Sandbox) {
+    fn count_faults(&self, generation: u64, sandbox: &Workers) {
         let faults = sandbox.faults();
         let Ok(mut seen) = self.faults_seen.lock() else {
             return;

@@ -12,7 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{CellStatus, SandboxError, Task};
+use crate::sandbox::{CellStatus, SandboxError};
+use crate::serve::source::RunCell;
 
 /// The profiling cell.
 pub const PROFILE_PY: &str = include_str!("profile.py");
@@ -89,7 +90,7 @@ pub enum ProfileError {
 }
 
 /// Profile the dataset of `task`'s sandbox in one cell of the task.
-pub async fn profile(task: &mut Task) -> Result<DataProfile, ProfileError> {
+pub async fn profile(task: &mut dyn RunCell) -> Result<DataProfile, ProfileError> {
     let cell = task.run_cell(PROFILE_PY).await?;
     if cell.status != CellStatus::Ok {
         let detail = cell

@@ -22,8 +22,9 @@ use crate::profile::DataProfile;
 use crate::prompt;
 use crate::prompt::Prompt;
 use crate::questions::template::short_hash;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::SandboxError;
 use crate::schema::{Difficulty, Question, Usage};
+use crate::serve::source::TaskSource;
 use crate::teacher::reply::{clip, observation, parse_reply};
 
 mod proposals;
@@ -266,7 +267,7 @@ impl Conversation<'_> {
 /// when the maximum ended it, the last observation (not yet sent).
 async fn explore(
     conv: &mut Conversation<'_>,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     config: &GenerationConfig,
 ) -> Result<(u32, Option<String>), GenerationError> {
     let min = config.min_exploration_turns;
@@ -346,7 +347,7 @@ fn dropped_text(dropped: &[Dropped]) -> String {
 /// validate them and pick `config.n_questions` to the difficulty mix.
 pub async fn generate(
     chat: &dyn Chat,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     data: &DataProfile,
     slug: &str,
     dataset_hash: &str,
@@ -377,7 +378,7 @@ impl From<LlmError> for GenerationError {
 
 async fn converse(
     chat: &dyn Chat,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     data: &DataProfile,
     slug: &str,
     dataset_hash: &str,

@@ -7,8 +7,8 @@ pub mod template;
 
 use crate::answers::{answer_hash, answers_match};
 use crate::runner::{run_programs, Infra};
-use crate::sandbox::Sandbox;
 use crate::schema::Question;
+use crate::serve::source::TaskSource;
 
 pub use template::{catalog, catalog_hash, catalog_with, Template, TemplateError};
 
@@ -93,7 +93,7 @@ pub enum GroundTruthError {
 /// triangulation records the disagreement with its reason. A degenerate
 /// reference answer ([`degenerate_at`]) makes the question ineligible.
 pub async fn establish_ground_truth(
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     mut question: Question,
 ) -> Result<Question, GroundTruthError> {
     let Some(programs) = question.programs.clone() else {

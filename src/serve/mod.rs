@@ -27,6 +27,7 @@ pub mod pool;
 pub mod score;
 pub mod server;
 pub mod sessions;
+pub mod source;
 
 pub use client::{ClientError, Endpoint, ServeClient};
 pub use server::{serve, ServeSettings};

@@ -71,6 +71,10 @@ impl Slot {
     fn current(&self) -> Option<Sandbox> {
         self.current.lock().ok().and_then(|c| c.clone())
     }
+    /// What the live zygote loaded (rows, columns, separator…).
+    pub fn zygote(&self) -> Option<crate::sandbox::protocol::ZygoteReady> {
+        self.current().map(|s| s.zygote().clone())
+    }
     /// Bytes charged to the zygote's cgroup (0 when not running or unknown).
     pub fn zygote_memory(&self) -> u64 {
         self.current()

@@ -681,6 +681,7 @@ async fn create_session(
     let mut info = to_value(&session.info())?;
     if let Value::Object(m) = &mut info {
         m.insert("memory_bytes".to_string(), json!(memory_bytes));
+        m.insert("zygote".to_string(), to_value(&session.slot.zygote())?);
     }
     Ok(json_response(StatusCode::CREATED, &info))
 }

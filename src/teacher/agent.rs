@@ -22,8 +22,9 @@ use crate::llm::{Chat, Message};
 use crate::prompt;
 use crate::prompt::Prompt;
 use crate::runner;
-use crate::sandbox::{CellStatus, Sandbox};
+use crate::sandbox::CellStatus;
 use crate::schema::{Correction, Execution, Question, StopReason as Stop, Trace, Turn, Usage};
+use crate::serve::source::TaskSource;
 use crate::teacher::reply::{clip, line_diff, observation, parse_reply, Reply};
 
 // ------------------------------------------------------------------ prompts
@@ -232,7 +233,7 @@ pub struct AgentInfra {
 /// (see [`try_run_agent`] to tell it apart).
 pub async fn run_agent(
     chat: &dyn Chat,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     role: Role,
     question: &Question,
     overview: &str,
@@ -262,7 +263,7 @@ pub async fn run_agent(
 /// killed from outside) is an `Err`, never part of the trace.
 pub async fn try_run_agent(
     chat: &dyn Chat,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     role: Role,
     question: &Question,
     overview: &str,

@@ -15,8 +15,8 @@ use super::agent::{self, AgentConfig, Role};
 use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
 use crate::llm::Chat;
 use crate::profile::DataProfile;
-use crate::sandbox::Sandbox;
 use crate::schema::{Difficulty, Question, StopReason};
+use crate::serve::source::TaskSource;
 
 /// Bumped when the way this teacher builds traces changes (beyond the
 /// prompts, which carry their own version).
@@ -111,7 +111,7 @@ impl Teacher for LlmTeacher {
 
     fn answer<'a>(
         &'a self,
-        sandbox: &'a Sandbox,
+        sandbox: &'a dyn TaskSource,
         question: &'a Question,
         data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>> {

@@ -16,8 +16,8 @@ use std::pin::Pin;
 use serde_json::Value;
 
 use crate::profile::DataProfile;
-use crate::sandbox::Sandbox;
 use crate::schema::{Question, Trace};
+use crate::serve::source::TaskSource;
 
 pub use llm::{LlmTeacher, LlmTeacherConfig, NConsistency};
 pub use program::ProgramTeacher;
@@ -91,7 +91,7 @@ pub trait Teacher: Send + Sync {
     /// (its overview goes into model prompts).
     fn answer<'a>(
         &'a self,
-        sandbox: &'a Sandbox,
+        sandbox: &'a dyn TaskSource,
         question: &'a Question,
         data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>>;

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
 use crate::profile::DataProfile;
 use crate::runner::run_programs;
-use crate::sandbox::Sandbox;
 use crate::schema::Question;
+use crate::serve::source::TaskSource;
 
 /// Bumped when the way traces are produced changes, so old episodes are not
 /// mistaken for current ones on resume.
@@ -30,7 +30,7 @@ impl Teacher for ProgramTeacher {
 
     fn answer<'a>(
         &'a self,
-        sandbox: &'a Sandbox,
+        sandbox: &'a dyn TaskSource,
         question: &'a Question,
         _data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>> {
