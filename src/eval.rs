@@ -25,8 +25,9 @@ use crate::answers::{answer_hash, answers_match};
 use crate::llm::Chat;
 use crate::pipeline::dataset_hash;
 use crate::profile::profile;
-use crate::sandbox::{Image, Sandbox, SandboxOptions};
+use crate::sandbox::{Image, SandboxOptions};
 use crate::schema::{Difficulty, Episode, Hook, StopReason, Trace, Usage};
+use crate::serve::source::{TaskSource, Workers};
 use crate::store::StoreError;
 use crate::teacher::agent::{run_agent, AgentConfig, Role};
 
@@ -317,6 +318,8 @@ pub struct EvalSettings {
     /// Per-worker memory and cell timeout chosen; the rest is derived from
     /// each CSV's size.
     pub limits: crate::sandbox::LimitChoice,
+    /// Run the students' cells in sessions of this `csv-agent serve`.
+    pub serve: Option<crate::serve::Endpoint>,
 }
 
 /// How an evaluation reports progress (the CLI prints lines; tests say nothing).
@@ -457,7 +460,7 @@ async fn run_group(
     if let Some(init) = &settings.init_program {
         opts.init_program = init.clone();
     }
-    let sandbox = Sandbox::start(opts)
+    let sandbox = Workers::start(opts, settings.serve.as_ref())
         .await
         .map_err(|e| format!("the sandbox for {} did not start: {e}", group.csv.display()))?;
     let mut task = sandbox.task();
@@ -478,7 +481,7 @@ async fn run_group(
 #[allow(clippy::too_many_arguments)]
 async fn student(
     chat: &dyn Chat,
-    sandbox: &Sandbox,
+    sandbox: &dyn TaskSource,
     overview: &str,
     settings: &EvalSettings,
     index: usize,

@@ -36,6 +36,10 @@ pub struct EvalArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// Run the students' cells in sessions of a running `csv-agent serve`
+    /// (socket path or http://127.0.0.1:PORT); default $CSV_AGENT_SERVE.
+    #[arg(long)]
+    serve: Option<String>,
     #[command(flatten)]
     llm: LlmArgs,
     #[command(flatten)]
@@ -123,6 +127,7 @@ pub async fn run(args: EvalArgs) -> Result<i32> {
         allow_degraded: args.allow_degraded,
         init_program: None,
         limits,
+        serve: super::serve::endpoint(args.serve.as_deref()),
     };
     let meta = ReportMeta {
         model: model.clone(),

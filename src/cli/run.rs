@@ -441,14 +441,7 @@ async fn settings(
             max_restarts: select.max_restarts,
             ..Default::default()
         },
-        serve: select
-            .serve
-            .or_else(|| {
-                std::env::var(crate::config::ENV_SERVE)
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
-            .map(|s| crate::serve::Endpoint::parse(&s)),
+        serve: super::serve::endpoint(select.serve.as_deref()),
     })
 }
 

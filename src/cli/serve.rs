@@ -71,6 +71,17 @@ pub struct ServeArgs {
     body_timeout: Duration,
 }
 
+/// The server a client command uses: `--serve`, else `$CSV_AGENT_SERVE`.
+pub fn endpoint(flag: Option<&str>) -> Option<crate::serve::Endpoint> {
+    flag.map(str::to_string)
+        .or_else(|| {
+            std::env::var(crate::config::ENV_SERVE)
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .map(|s| crate::serve::Endpoint::parse(&s))
+}
+
 pub async fn run(args: ServeArgs) -> Result<i32> {
     let memory = parse_size(&args.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
     if memory < MIN_WORKER_MEMORY {

@@ -12,8 +12,9 @@ use super::run::{model_setup, teacher_config, usage_line, AgentArgs, LlmArgs};
 use crate::pipeline::dataset_hash;
 use crate::profile::profile;
 use crate::questions::llm::llm_question_id;
-use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::sandbox::SandboxOptions;
 use crate::schema::{Difficulty, Question, QuestionSource, Trace};
+use crate::serve::source::{TaskSource, Workers};
 use crate::teacher::{triangulate, LlmTeacher, Teacher};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -55,6 +56,10 @@ pub struct ValidateArgs {
     /// Run even if an isolation layer is unavailable on this host.
     #[arg(long)]
     allow_degraded: bool,
+    /// Run the traces' cells in sessions of a running `csv-agent serve`
+    /// (socket path or http://127.0.0.1:PORT); default $CSV_AGENT_SERVE.
+    #[arg(long)]
+    serve: Option<String>,
     #[command(flatten)]
     llm: LlmArgs,
     #[command(flatten)]
@@ -74,7 +79,8 @@ pub async fn run(args: ValidateArgs) -> Result<i32> {
     let mut opts = SandboxOptions::new(&args.csv, image)?;
     opts.allow_degraded = args.allow_degraded;
     opts.spare_workers = 2;
-    let sandbox = Sandbox::start(opts).await?;
+    let sandbox =
+        Workers::start(opts, super::serve::endpoint(args.serve.as_deref()).as_ref()).await?;
     let outcome = validate(&sandbox, &teacher, &args, &hash).await;
     sandbox.shutdown().await;
     let (question, run) = outcome?;
@@ -135,7 +141,7 @@ pub async fn run(args: ValidateArgs) -> Result<i32> {
 }
 
 async fn validate(
-    sandbox: &Sandbox,
+    sandbox: &Workers,
     teacher: &LlmTeacher,
     args: &ValidateArgs,
     hash: &str,

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::client::{ClientError, Endpoint, ServeClient};
 use crate::sandbox::protocol::ZygoteReady;
-use crate::sandbox::{CellResult, Fault, Limits, Sandbox, SandboxError, Task};
+use crate::sandbox::{CellResult, Fault, Limits, Sandbox, SandboxError, SandboxOptions, Task};
 
 /// Hands out tasks: one fresh worker each, state kept across its cells.
 pub trait TaskSource: Send + Sync {
@@ -60,6 +60,8 @@ impl RunCell for AnyTask {
 }
 
 /// One task's cells, in a local worker or in a server's session.
+// One per trace, moved rarely: boxing the local task would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyTask {
     Local(Task),
     Remote(RemoteTask),
@@ -107,6 +109,26 @@ impl TaskSource for Workers {
 }
 
 impl Workers {
+    /// A local sandbox started with `opts`, or, with `serve`, the dataset
+    /// `opts.csv` in sessions of that server (with `opts.limits`' memory and
+    /// cell timeout).
+    pub async fn start(
+        opts: SandboxOptions,
+        serve: Option<&Endpoint>,
+    ) -> Result<Workers, SandboxError> {
+        match serve {
+            None => Ok(Workers::Local(Sandbox::start(opts).await?)),
+            Some(endpoint) => {
+                let csv = std::fs::canonicalize(&opts.csv).map_err(|source| SandboxError::Io {
+                    what: format!("resolving {}", opts.csv.display()),
+                    source,
+                })?;
+                let source = RemoteSource::connect(endpoint.clone(), csv, opts.limits).await?;
+                Ok(Workers::Remote(Arc::new(source)))
+            }
+        }
+    }
+
     pub fn id(&self) -> &str {
         match self {
             Workers::Local(s) => s.id(),
