@@ -59,7 +59,8 @@ pub struct ServeSettings {
 struct State {
     owner: u32,
     token: Option<String>,
-    registry: Registry,
+    /// None without a registry directory: sessions then name CSV paths.
+    registry: Option<Registry>,
     pool: Pool,
     sessions: Sessions,
     questions: Questions,
@@ -146,10 +147,7 @@ pub async fn serve(
     let state = Arc::new(State {
         owner,
         token: settings.token.clone(),
-        registry: Registry::open(&settings.datasets).map_err(|e| ServeError::Preload {
-            slug: "(registry)".to_string(),
-            reason: e.to_string(),
-        })?,
+        registry: Registry::open(&settings.datasets).ok(),
         pool: Pool::new(settings.pool.clone()),
         sessions: Sessions::new(settings.max_sessions, settings.idle_timeout),
         questions: settings.questions,
@@ -569,12 +567,20 @@ fn check_timeout(secs: f64, max: Duration) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn registry(state: &State) -> Result<&Registry, String> {
+    state.registry.as_ref().ok_or_else(|| {
+        "the server has no dataset registry (--datasets DIR); name a CSV with \"csv\"".to_string()
+    })
+}
+
 async fn preload(state: &State, slug: &str) -> Result<(), ServeError> {
     let fail = |reason: String| ServeError::Preload {
         slug: slug.to_string(),
         reason,
     };
-    let ds = state.registry.get(slug).map_err(|e| fail(e.to_string()))?;
+    let ds = registry(state)
+        .and_then(|r| r.get(slug).map_err(|e| e.to_string()))
+        .map_err(fail)?;
     let hash = state
         .pool
         .hash_of(&ds.csv)
@@ -607,10 +613,9 @@ async fn create_session(
     let body: CreateIn = read_json(state, req).await?;
     let (label, csv) = match (&body.dataset, &body.csv) {
         (Some(slug), None) => {
-            let ds = state
-                .registry
-                .get(slug)
-                .map_err(|e| ApiError::not_found(e.to_string()))?;
+            let ds = registry(state)
+                .and_then(|r| r.get(slug).map_err(|e| e.to_string()))
+                .map_err(ApiError::not_found)?;
             (slug.clone(), ds.csv)
         }
         (None, Some(path)) => {
