@@ -321,7 +321,7 @@ async fn main() {
             .join(", ")
     );
     println!(
-        "after the soak: sessions {}, zygote children {} (spares: {spares}), worker cgroups {}",
+        "after the soak: sessions {}, zygote children {} (spares: {spares}), cgroups of the sandbox {} (the zygote's + one per live worker)",
         h["sessions"],
         children_of(zygote),
         worker_cgroups(pid)

@@ -491,3 +491,102 @@ async fn a_model_failure_stops_the_eval_with_exit_1_and_reports_what_was_done() 
     let md = std::fs::read_to_string(out.join("eval_report.md")).unwrap();
     assert!(md.contains("Stopped early"), "{md}");
 }
+
+/// Results without what differs from run to run (times, timestamps).
+fn results_without_timing(path: &Path) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for k in [
+                    "timestamp",
+                    "timing",
+                    "elapsed",
+                    "elapsed_ms",
+                    "worker_wait",
+                    "latency_ms",
+                    "latency_s",
+                ] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut out: Vec<Value> = std::fs::read_to_string(path)
+        .expect("results")
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("json line");
+            strip(&mut v);
+            v
+        })
+        .collect();
+    out.sort_by_key(|v| v.to_string());
+    out
+}
+
+// `eval --serve`: the students' cells run in sessions of a running
+// `csv-agent serve`, and the results are those of a local eval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_with_serve_scores_what_a_local_eval_scores() {
+    use std::io::BufRead;
+    let (_, episodes) = episodes();
+    let dir = world_readable_dir();
+    let kinds = [Student::Right, Student::Wrong, Student::Silent];
+    let cases: Vec<(Episode, Student)> = episodes.iter().cloned().zip(kinds).collect();
+    let split_file = dir.path().join("test.jsonl");
+    write_split(&split_file, &episodes[..3]);
+    let model = Server::start(script(cases)).await;
+
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("sock").join("serve.sock");
+    let mut serve = std::process::Command::new(BIN)
+        .args(["serve", "--socket", path(&socket)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("serve is ready");
+    assert!(line.starts_with("unix:"), "serve did not start: {line}");
+
+    let run = |out: PathBuf, with_serve: bool| {
+        let mut a = args(&[
+            "eval",
+            "--model",
+            "scripted",
+            "--base-url",
+            &model.base_url(),
+            "--split",
+            path(&split_file),
+            "--out",
+            path(&out),
+            "--max-turns",
+            "3",
+        ]);
+        if with_serve {
+            a.push("--serve".into());
+            a.push(path(&socket).to_string());
+        }
+        eval_async(dir.path(), a)
+    };
+    let local = run(dir.path().join("local"), false).await;
+    assert_eq!(local.status.code(), Some(0), "{}", text(&local));
+    let remote = run(dir.path().join("serve"), true).await;
+    assert_eq!(remote.status.code(), Some(0), "{}", text(&remote));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(serve.id() as i32, libc::SIGTERM);
+    }
+    let _ = serve.wait();
+
+    let a = results_without_timing(&dir.path().join("local/eval_results.jsonl"));
+    let b = results_without_timing(&dir.path().join("serve/eval_results.jsonl"));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b, "the same results with and without --serve");
+    let report = read_json(&dir.path().join("serve/eval_report.json"));
+    assert_eq!(report["correct"], 1, "{report:#}");
+}

@@ -420,7 +420,7 @@ async fn bad_input_is_refused_and_others_are_still_served() {
         "--body-timeout",
         "1s",
         "--idle-timeout",
-        "3s",
+        "5s",
     ]);
     let mut c = server.client();
     let s = |r: &str| r.lines().next().unwrap_or("").to_string();
@@ -596,7 +596,7 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     let r = c.run_cell(&id, "6 * 7", None).await.unwrap();
     assert_eq!(r.result.as_deref(), Some("42"));
     // Idle sessions expire.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(status_of(c.run_cell(&id, "1", None).await), 404);
     assert_eq!(c.health().await.unwrap()["sessions"], 0);
 }
@@ -851,4 +851,58 @@ fn run_with_and_without_serve_gives_the_same_episodes() {
     let sessions =
         rt.block_on(async { server.client().health().await.unwrap()["sessions"].clone() });
     assert_eq!(sessions, 0);
+}
+
+// The memory budget: a sandbox with a live session is never evicted (the
+// new one is refused with 503); once idle, the least recently used one
+// makes room; and a sandbox with no session is stopped after the idle
+// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_evicts_idle_sandboxes_least_recently_used_first() {
+    let server = Server::start(&["--memory-budget", "1", "--idle-timeout", "4s"]);
+    let mut c = server.client();
+    let datasets = |h: &Value| -> Vec<String> {
+        h["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["dataset"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let a = c
+        .create_session(&json!({"dataset": "penguins"}))
+        .await
+        .expect("first sandbox");
+    assert_eq!(
+        status_of(c.create_session(&json!({"dataset": "grunfeld"})).await),
+        503,
+        "no room while penguins has a session"
+    );
+    c.delete_session(&a).await.unwrap();
+    let b = c
+        .create_session(&json!({"dataset": "grunfeld"}))
+        .await
+        .expect("room made");
+    assert_eq!(
+        datasets(&c.health().await.unwrap()),
+        vec!["grunfeld".to_string()]
+    );
+    assert_eq!(
+        cell(&mut c, &b, "len(df) > 0").await.result.as_deref(),
+        Some("True")
+    );
+    c.delete_session(&b).await.unwrap();
+    // Idle: stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = c.health().await.unwrap();
+        if datasets(&h).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle sandbox was not stopped: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
