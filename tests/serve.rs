@@ -527,6 +527,23 @@ async fn bad_input_is_refused_and_others_are_still_served() {
         429
     );
     c.delete_session(&id2).await.unwrap();
+    // A slow client does not hold up the others.
+    let slow_socket = server.socket.clone();
+    let slow = std::thread::spawn(move || {
+        raw(
+            &slow_socket,
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\n",
+            Duration::from_secs(10),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    assert_eq!(c.health().await.unwrap()["status"], "ok");
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "served while a slow client waits"
+    );
+    let _ = slow.join();
     // A slow client: headers never finished, body never finished.
     let started = Instant::now();
     let reply = raw(

@@ -173,7 +173,7 @@ impl Pool {
         key: PoolKey,
         label: &str,
         csv: &Path,
-        extra_memory: u64,
+        extra_memory: &(dyn Fn() -> u64 + Send + Sync),
     ) -> Result<(Arc<Slot>, Sandbox), PoolError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,7 +210,11 @@ impl Pool {
         slot.touch();
     }
 
-    async fn live_sandbox(&self, slot: &Slot, extra_memory: u64) -> Result<Sandbox, PoolError> {
+    async fn live_sandbox(
+        &self,
+        slot: &Slot,
+        extra_memory: &(dyn Fn() -> u64 + Send + Sync),
+    ) -> Result<Sandbox, PoolError> {
         let mut guard = slot.sandbox.lock().await;
         if let Some(sb) = guard.as_ref() {
             if sb.is_alive() {
@@ -262,12 +266,17 @@ impl Pool {
     }
 
     /// Before a start: while the pool uses more than the budget, stop the
-    /// least recently used sandbox that has no session. `extra_memory` is
-    /// what live workers use (the sessions module measures it).
-    async fn make_room(&self, starting: &Slot, extra_memory: u64) -> Result<(), PoolError> {
+    /// least recently used sandbox that has no session. `extra_memory`
+    /// measures what live workers use (the sessions module's; only called
+    /// here, when a sandbox must start, since it reads every worker's cgroup).
+    async fn make_room(
+        &self,
+        starting: &Slot,
+        extra_memory: &(dyn Fn() -> u64 + Send + Sync),
+    ) -> Result<(), PoolError> {
         loop {
             let slots = self.all_slots();
-            let used: u64 = slots.iter().map(|s| s.zygote_memory()).sum::<u64>() + extra_memory;
+            let used: u64 = slots.iter().map(|s| s.zygote_memory()).sum::<u64>() + extra_memory();
             if used < self.settings.memory_budget {
                 return Ok(());
             }

@@ -592,7 +592,7 @@ async fn preload(state: &State, slug: &str) -> Result<(), ServeError> {
     };
     let (slot, _) = state
         .pool
-        .checkout(key, slug, &ds.csv, 0)
+        .checkout(key, slug, &ds.csv, &|| 0)
         .await
         .map_err(|e| fail(e.to_string()))?;
     state.pool.release(&slot);

@@ -279,7 +279,7 @@ impl Sessions {
     ) -> Result<Arc<Session>, CreateError> {
         let id = super::auth::new_session_id().map_err(CreateError::Random)?;
         let (slot, sandbox) = pool
-            .checkout(new.key, new.label, new.csv, self.workers_memory())
+            .checkout(new.key, new.label, new.csv, &|| self.workers_memory())
             .await?;
         let mut task = sandbox.task();
         if let Err(e) = task.ready().await {
