@@ -33,6 +33,7 @@ use crate::questions::{self, establish_ground_truth, GroundTruthError, Template}
 use crate::sandbox::{Image, LimitChoice, Limits, SandboxOptions};
 use crate::schema::Usage;
 use crate::schema::{Episode, Question, Timing};
+use crate::shards::{RunIdentity, RunRecord};
 use crate::store::{
     self, DatasetRow, EpisodeLog, Manifest, OutputLock, QuestionRow, StoreError, EPISODES_FILE,
     MANIFEST_FILE, QUESTIONS_DIR, SUMMARY_FILE,
@@ -48,6 +49,8 @@ pub enum PipelineError {
     Template(#[from] questions::TemplateError),
     #[error("nothing to run: {0}")]
     Nothing(String),
+    #[error(transparent)]
+    Record(#[from] crate::shards::ShardError),
 }
 
 /// `--shard I/N`: this process does the questions whose key falls in part I
@@ -316,6 +319,9 @@ pub async fn run(
         store::clear_outputs(&settings.out)?;
     }
     let (catalog, catalog_hash) = questions::catalog_with(settings.templates.as_deref())?;
+    // run.json: which run this output belongs to (shard sets), `running` until the end.
+    let identity = RunIdentity::of(&settings, &catalog_hash, teacher.name(), teacher.settings())?;
+    let record = RunRecord::start(&settings.out, identity, settings.shard)?;
     let episodes = EpisodeLog::open(&settings.out.join(EPISODES_FILE))?;
     let manifest = Manifest::open(&settings.out.join(MANIFEST_FILE))?;
     let written = episodes.ids()?;
@@ -397,6 +403,7 @@ pub async fn run(
         incidents: total_incidents,
     };
     write_summary(&shared.settings.out, &summary)?;
+    record.finish(&shared.settings.out, summary.exit_code())?;
     Ok(summary)
 }
 
