@@ -672,6 +672,76 @@ mod tests {
     }
 
     #[test]
+    fn the_merged_summary_adds_up_time_model_usage_and_incidents() {
+        use crate::pipeline::DatasetSummary;
+        let dataset = |usage: Option<Usage>, retries: u64| DatasetSummary {
+            dataset: "penguins".into(),
+            status: "done".into(),
+            reason: None,
+            questions: 0,
+            verified: 0,
+            disagreements: 0,
+            failures: Vec::new(),
+            ineligible: Default::default(),
+            elapsed: 0.0,
+            llm_usage: usage,
+            incidents: Incidents {
+                retries,
+                ..Default::default()
+            },
+        };
+        let usage = |tokens: u64| Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 1,
+            requests: 2,
+            retries: 0,
+            latency_s: 1.5,
+            failed: 0,
+        };
+        let shard = |index, elapsed, u: Option<Usage>, retries| RunSummary {
+            teacher: "llm".into(),
+            shard: Some(Shard { index, count: 2 }),
+            datasets: vec![dataset(u, retries)],
+            episodes: 0,
+            verified: 0,
+            elapsed,
+            llm_usage: u,
+            stopped: None,
+            incidents: Incidents {
+                retries,
+                ..Default::default()
+            },
+        };
+        let shards = [
+            shard(0, 10.0, Some(usage(100)), 1),
+            shard(1, 5.5, Some(usage(50)), 2),
+        ];
+        let counted = RunSummary {
+            datasets: vec![dataset(None, 0)],
+            episodes: 7,
+            verified: 6,
+            elapsed: 0.0,
+            llm_usage: None,
+            incidents: Incidents::default(),
+            ..shards[0].clone()
+        };
+        let merged = add_up(counted, &shards);
+        assert_eq!(merged.shard, None);
+        assert_eq!((merged.episodes, merged.verified), (7, 6));
+        assert!((merged.elapsed - 15.5).abs() < 1e-9);
+        let u = merged.llm_usage.expect("usage");
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.requests),
+            (150, 2, 4)
+        );
+        assert!((u.latency_s - 3.0).abs() < 1e-9);
+        assert_eq!(merged.incidents.retries, 3);
+        let d = &merged.datasets[0];
+        assert_eq!(d.llm_usage.map(|u| u.prompt_tokens), Some(150));
+        assert_eq!(d.incidents.retries, 3);
+    }
+
+    #[test]
     fn a_directory_without_a_record_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let err = examine(&[t.path().to_path_buf()], false).unwrap_err();
