@@ -20,14 +20,19 @@
 #
 # Environment: CSV_AGENT_BIN (default target/debug/csv-agent, else
 # target/release/csv-agent, else built with cargo build), E2E_QUESTIONS
-# (--max-questions per dataset, default 6), E2E_TIMEOUT (seconds per wait,
-# default 600), E2E_KEEP=1 keeps the scratch directory.
+# (--max-questions per dataset, default 6; 0 = the whole catalog),
+# E2E_SHARDS (default 4), E2E_SBATCH_ARGS (extra sbatch options, e.g.
+# --cpus-per-task=2), E2E_REPAIR=0 skips the kill-and-repair part,
+# E2E_PROCTRACK=cgroup uses Slurm's cgroup plugins (proctrack/cgroup,
+# task/cgroup) instead of proctrack/linuxproc, E2E_TIMEOUT (seconds per
+# wait, default 600), E2E_KEEP=1 keeps the scratch directory.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUESTIONS=${E2E_QUESTIONS:-6}
 TIMEOUT=${E2E_TIMEOUT:-600}
-SHARDS=4
+SHARDS=${E2E_SHARDS:-4}
+PROCTRACK=${E2E_PROCTRACK:-linuxproc}
 STARTED_AT=$(date +%s)
 
 say() { echo "slurm-e2e: $*" >&2; }
@@ -150,9 +155,14 @@ SlurmctldPidFile=$WORK/slurmctld.pid
 SlurmdPidFile=$WORK/slurmd.pid
 SlurmctldLogFile=$WORK/log/slurmctld.log
 SlurmdLogFile=$WORK/log/slurmd.log
-# The jail makes its own cgroups; Slurm tracks processes by /proc here.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$(if [ "$PROCTRACK" = cgroup ]; then
+  echo "ProctrackType=proctrack/cgroup"
+  echo "TaskPlugin=task/cgroup,task/affinity"
+else
+  echo "# The jail makes its own cgroups; Slurm tracks processes by /proc here."
+  echo "ProctrackType=proctrack/linuxproc"
+  echo "TaskPlugin=task/none"
+fi)
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -166,6 +176,13 @@ KillWait=10
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=e2e Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 CONF
+if [ "$PROCTRACK" = cgroup ]; then
+  cat > "$WORK/cgroup.conf" <<CONF
+CgroupPlugin=autodetect
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+CONF
+fi
 slurmctld -D -c -f "$SLURM_CONF" >"$WORK/log/slurmctld.stdout" 2>&1 &
 PIDS+=($!)
 slurmd -D -N "$NODE" -f "$SLURM_CONF" >"$WORK/log/slurmd.stdout" 2>&1 &
@@ -202,13 +219,20 @@ print(len(a))
 PY
 }
 
-SELECT=(--datasets "$REPO/datasets" --max-questions "$QUESTIONS")
+SELECT=(--datasets "$REPO/datasets")
+[ "$QUESTIONS" = 0 ] || SELECT+=(--max-questions "$QUESTIONS")
 export CSV_AGENT_BIN=$BIN
+export CSV_AGENT_SBATCH_ARGS=${E2E_SBATCH_ARGS:-}
 # The image, located (or built) once for every job: as on a cluster, on
 # storage the nodes share, never built per node.
 CSV_AGENT_IMAGE=$("$BIN" image path | tail -n 1)
 export CSV_AGENT_IMAGE
 say "image $CSV_AGENT_IMAGE"
+
+# ------------------------------------------- what the jail finds in a Slurm step
+say "csv-agent doctor in a Slurm step, as root:"
+srun --ntasks=1 "$BIN" doctor >&2 || die "doctor in a Slurm step (as root) found a layer missing"
+
 
 # ------------------------------------------------- the reference: one process
 t0=$(date +%s.%N)
@@ -236,6 +260,11 @@ done
 MERGED=$(same_verdicts "$WORK/single" "$WORK/out/merged") || die "merged output differs from the single-process run"
 SLURM_WALL=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 say "Slurm run: $SHARDS array tasks + merge in $SLURM_WALL s; merged $MERGED episodes = the single-process run (ids and verdicts)"
+
+if [ "${E2E_REPAIR:-1}" = 0 ]; then
+  say "PASSED (no repair part) in $(( $(date +%s) - STARTED_AT )) s: Slurm run wall $SLURM_WALL s, $MERGED merged episodes; single process $SINGLE_EPISODES episodes in $SINGLE_WALL s"
+  exit 0
+fi
 
 # ------------------------------------- the Slurm run, one task killed, repaired
 SUBMIT=$("$REPO/deploy/slurm/submit.sh" "$SHARDS" "$WORK/out2" "${SELECT[@]}") || die "submit.sh failed"
