@@ -259,6 +259,9 @@ for ((i = 0; i < SHARDS; i++)); do
 done
 MERGED=$(same_verdicts "$WORK/single" "$WORK/out/merged") || die "merged output differs from the single-process run"
 SLURM_WALL=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+for ((i = 0; i < SHARDS; i++)); do
+  python3 -c "import json; s = json.load(open('$WORK/out/shard-$i/summary.json')); print(f'slurm-e2e: shard $i/$SHARDS: {s[\"episodes\"]} episodes in {s[\"elapsed\"]:.1f} s')" >&2
+done
 say "Slurm run: $SHARDS array tasks + merge in $SLURM_WALL s; merged $MERGED episodes = the single-process run (ids and verdicts)"
 
 if [ "${E2E_REPAIR:-1}" = 0 ]; then
