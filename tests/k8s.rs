@@ -248,3 +248,114 @@ fn the_pod_entrypoint_run_once_per_index_and_merged_equals_one_process() {
     assert_eq!(merged.len(), 8);
     assert_eq!(merged, verdicts(&whole), "ids and verdicts");
 }
+
+/// Names the `Localhost` seccomp profile refuses.
+fn denied_by_profile() -> BTreeSet<String> {
+    let profile: Value = serde_json::from_slice(
+        &std::fs::read(k8s("seccomp/csv-agent.json")).expect("seccomp/csv-agent.json"),
+    )
+    .expect("the profile is JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
+    profile["syscalls"]
+        .as_array()
+        .expect("syscalls")
+        .iter()
+        .filter(|rule| rule["action"] == "SCMP_ACT_ERRNO")
+        .flat_map(|rule| rule["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn the_localhost_seccomp_profile_refuses_nothing_the_tool_or_its_jail_uses() {
+    let denied = denied_by_profile();
+    for must in [
+        "ptrace",
+        "bpf",
+        "kexec_load",
+        "init_module",
+        "keyctl",
+        "userfaultfd",
+        "perf_event_open",
+        "io_uring_setup",
+    ] {
+        assert!(denied.contains(must), "the profile should refuse {must}");
+    }
+    // Statically: nothing csv-agent's own filters allow inside the jail.
+    let policy: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("src/sandbox/seccomp.json")).expect("seccomp.json"),
+    )
+    .expect("json");
+    let mut allowed = BTreeSet::new();
+    for filter in policy.as_object().expect("filters").values() {
+        for rule in filter["filter"].as_array().cloned().unwrap_or_default() {
+            if let Some(name) = rule["syscall"].as_str() {
+                allowed.insert(name.to_string());
+            }
+        }
+    }
+    assert!(
+        allowed.len() > 100,
+        "read the jail's allow-list: {allowed:?}"
+    );
+    let both: Vec<&String> = denied.intersection(&allowed).collect();
+    assert!(
+        both.is_empty(),
+        "the pod profile refuses what the jail allows: {both:?}"
+    );
+
+    // Dynamically: every call a real run makes (supervisor, jail set-up,
+    // zygote, workers), traced.
+    if Command::new("strace").arg("-V").output().is_err() {
+        let o = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "strace"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .expect("apt-get runs");
+        assert!(o.status.success(), "installing strace: {}", text(&o));
+    }
+    let _ = image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counts = dir.path().join("syscalls.txt");
+    let out = dir.path().join("out");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-c", "-o"])
+        .arg(&counts)
+        .arg(BIN)
+        .args(["run", "--datasets"])
+        .arg(repo().join("datasets"))
+        .args(["--only", "penguins", "--max-questions", "3", "--out"])
+        .arg(&out)
+        .env("CSV_AGENT_LOG", "warn")
+        .output()
+        .expect("strace runs");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let table = std::fs::read_to_string(&counts).expect("strace counts");
+    let used: BTreeSet<String> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|w| {
+            w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .filter(|w| *w != "total")
+        .map(String::from)
+        .collect();
+    for jail in [
+        "unshare",
+        "mount",
+        "pivot_root",
+        "seccomp",
+        "landlock_restrict_self",
+    ] {
+        assert!(
+            used.contains(jail),
+            "the trace should see the jail's {jail}: {used:?}"
+        );
+    }
+    let both: Vec<&String> = denied.intersection(&used).collect();
+    assert!(
+        both.is_empty(),
+        "the pod profile refuses calls a run makes: {both:?}"
+    );
+}
