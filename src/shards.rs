@@ -65,6 +65,12 @@ pub enum ShardError {
     },
     #[error("no directories given")]
     Empty,
+    #[error("{dir}: episode {episode} is not of this run ({reason}); it is left from an earlier run in the same directory: rerun that shard with --fresh")]
+    ForeignEpisode {
+        dir: PathBuf,
+        episode: String,
+        reason: String,
+    },
 }
 
 /// Everything that decides which questions a run has and what their
@@ -345,6 +351,64 @@ impl Part {
                 optional(code)
             )),
         }
+    }
+}
+
+impl Part {
+    /// Every episode of this directory must be of its run: its dataset
+    /// and content hash in the identity, its question among the shard's
+    /// questions (`questions`: the ids of the directory's questions files,
+    /// which a run rewrites for its own settings), owned by the shard, and
+    /// its id what the run's teacher settings give. An episode left by an
+    /// earlier run with other settings in the same directory fails here.
+    pub fn check_episodes(
+        &self,
+        episodes: &[crate::schema::Episode],
+        questions: &std::collections::HashSet<String>,
+    ) -> Result<(), ShardError> {
+        let identity = &self.record.identity;
+        for e in episodes {
+            let q = &e.question;
+            let reason = match identity.datasets.get(&e.dataset) {
+                None => Some(format!("dataset {} is not in the run", e.dataset)),
+                Some(hash) if *hash != q.dataset_hash => Some(format!(
+                    "made from {} content {}, the run has {hash}",
+                    e.dataset, q.dataset_hash
+                )),
+                Some(_) if !questions.contains(&q.id) => Some(format!(
+                    "question {} is not among the shard's questions",
+                    q.id
+                )),
+                Some(_) => None,
+            };
+            let owner = match q.source {
+                // Model questions belong to a shard whole, by dataset.
+                crate::schema::QuestionSource::Llm => "",
+                _ => q.id.as_str(),
+            };
+            let reason = reason.or_else(|| match self.record.shard {
+                Some(s) if !s.owns(&e.dataset, owner) => Some(format!(
+                    "question {} belongs to another shard than {}/{}",
+                    q.id, s.index, s.count
+                )),
+                _ => None,
+            });
+            let reason = reason.or_else(|| {
+                let id = crate::questions::template::short_hash(&format!(
+                    "{}\n{}",
+                    q.id, identity.teacher_settings
+                ));
+                (id != e.episode_id).then(|| "made with other teacher settings".to_string())
+            });
+            if let Some(reason) = reason {
+                return Err(ShardError::ForeignEpisode {
+                    dir: self.dir.clone(),
+                    episode: e.episode_id.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

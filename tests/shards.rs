@@ -314,4 +314,29 @@ fn merge_refuses_other_runs_check_lists_gaps_and_a_killed_shard_is_repaired() {
         );
         assert!(stderr.contains(says), "{name}: {stderr}");
     }
+
+    // A directory that held another run before (other content) and was
+    // then run with the right settings: its run.json matches, its old
+    // episodes do not, and the merge says so; --fresh cleans it.
+    let mixed = dir.path().join("mixed");
+    let o = run(&changed, &mixed, &shard_args("1/2"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&reg, &mixed, &shard_args("1/2"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = dir.path().join("m-mixed");
+    let o = csv_agent(&["merge", path(&s0), path(&mixed), "--out", path(&m)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&mixed.display().to_string()) && stderr.contains("is not of this run"),
+        "{stderr}"
+    );
+    assert!(!m.join("episodes.jsonl").exists(), "nothing written");
+    let mut fresh = shard_args("1/2");
+    fresh.push("--fresh");
+    let o = run(&reg, &mixed, &fresh);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = csv_agent(&["merge", path(&s0), path(&mixed), "--out", path(&m)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(verdicts(&m), verdicts(&whole));
 }

@@ -141,6 +141,23 @@ fn check(dirs: &[PathBuf]) -> Result<i32> {
     }
 }
 
+/// The questions files of a run directory: (file name, questions).
+fn questions_in(dir: &Path) -> Result<Vec<(String, Vec<Question>)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join(QUESTIONS_DIR)) else {
+        return Ok(out);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "jsonl") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            out.push((name, store::read_jsonl::<Question>(&path)?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<i32> {
     for d in dirs {
         if d.canonicalize().ok() == out.canonicalize().ok() {
@@ -159,18 +176,30 @@ fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<i32> {
         );
     }
     let inputs: Vec<&Path> = set.parts.iter().map(|p| p.dir.as_path()).collect();
+    // Every shard's episodes are of its run, before anything is written.
+    let mut per_shard: Vec<Vec<Episode>> = Vec::new();
+    for part in &set.parts {
+        let path = part.dir.join(EPISODES_FILE);
+        let mine: Vec<Episode> = if path.is_file() {
+            store::read_jsonl(&path)?
+        } else {
+            Vec::new()
+        };
+        let ids: HashSet<String> = questions_in(&part.dir)?
+            .into_iter()
+            .flat_map(|(_, qs)| qs.into_iter().map(|q| q.id))
+            .collect();
+        part.check_episodes(&mine, &ids)?;
+        per_shard.push(mine);
+    }
     let _lock = OutputLock::acquire(out)?;
     store::clear_outputs(out)?;
     // Episodes: first copy of each id wins.
     let mut seen = HashSet::new();
     let mut episodes: Vec<Episode> = Vec::new();
     let mut duplicates = 0;
-    for d in &inputs {
-        let path = d.join(EPISODES_FILE);
-        if !path.is_file() {
-            continue;
-        }
-        for e in store::read_jsonl::<Episode>(&path)? {
+    for mine in per_shard {
+        for e in mine {
             if seen.insert(e.episode_id.clone()) {
                 episodes.push(e);
             } else {
@@ -189,18 +218,8 @@ fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<i32> {
     // Questions, per dataset file.
     let mut questions: BTreeMap<String, Vec<Question>> = BTreeMap::new();
     for d in &inputs {
-        let Ok(entries) = std::fs::read_dir(d.join(QUESTIONS_DIR)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|x| x == "jsonl") {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                questions
-                    .entry(name)
-                    .or_default()
-                    .extend(store::read_jsonl::<Question>(&path)?);
-            }
+        for (name, qs) in questions_in(d)? {
+            questions.entry(name).or_default().extend(qs);
         }
     }
     let mut question_counts: BTreeMap<String, u64> = BTreeMap::new();
