@@ -320,7 +320,7 @@ pub async fn run(
     }
     let (catalog, catalog_hash) = questions::catalog_with(settings.templates.as_deref())?;
     // run.json: which run this output belongs to (shard sets), `running` until the end.
-    let identity = RunIdentity::of(&settings, &catalog_hash, teacher.name(), teacher.settings())?;
+    let identity = RunIdentity::of(&settings, &catalog_hash, teacher.name(), teacher.settings());
     let record = RunRecord::start(&settings.out, identity, settings.shard)?;
     let episodes = EpisodeLog::open(&settings.out.join(EPISODES_FILE))?;
     let manifest = Manifest::open(&settings.out.join(MANIFEST_FILE))?;

@@ -38,12 +38,6 @@ pub const FORMAT: u32 = 1;
 pub enum ShardError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("reading the dataset {slug} ({path}) for its content hash: {source}")]
-    Dataset {
-        slug: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{0} is not a run's output directory (no such directory)")]
     NoDirectory(PathBuf),
     #[error("{dir} has no {RUN_FILE}: it was not written by a `csv-agent run` that records its identity (csv-agent 0.x before shard sets), or the run never started; rerun it with the same command")]
@@ -100,7 +94,8 @@ pub struct RunIdentity {
     /// `--memory` as chosen (it decides which templates bind).
     pub memory: Option<u64>,
     /// Selected datasets: slug → content hash (sha256 of the CSV, 16 hex
-    /// digits), or `unusable` for a dataset that could not be described.
+    /// digits), `unusable` for a dataset that could not be described, or
+    /// `unreadable (…)`.
     pub datasets: BTreeMap<String, String>,
 }
 
@@ -135,15 +130,13 @@ impl RunIdentity {
         catalog_hash: &str,
         teacher: &str,
         teacher_settings: Value,
-    ) -> Result<RunIdentity, ShardError> {
+    ) -> RunIdentity {
         let mut datasets = BTreeMap::new();
         for d in &settings.datasets {
-            let hash =
-                crate::pipeline::dataset_hash(&d.csv).map_err(|source| ShardError::Dataset {
-                    slug: d.slug.clone(),
-                    path: d.csv.clone(),
-                    source,
-                })?;
+            // A dataset that cannot be read fails alone in the run (with its
+            // reason); here it is only marked.
+            let hash = crate::pipeline::dataset_hash(&d.csv)
+                .unwrap_or_else(|e| format!("unreadable ({})", e.kind()));
             datasets.insert(d.slug.clone(), hash);
         }
         for (slug, _) in &settings.unusable {
@@ -159,7 +152,7 @@ impl RunIdentity {
                 "mix": l.config.mix,
             })
         });
-        Ok(RunIdentity {
+        RunIdentity {
             version: env!("CARGO_PKG_VERSION").to_string(),
             command: if settings.questions_only {
                 "questions"
@@ -174,7 +167,7 @@ impl RunIdentity {
             max_questions: settings.max_questions,
             memory: settings.limits.memory_bytes,
             datasets,
-        })
+        }
     }
 
     /// What differs from `other`: (field, value here, value there), for a
