@@ -40,7 +40,7 @@ pub enum ShardError {
     Store(#[from] StoreError),
     #[error("{0} is not a run's output directory (no such directory)")]
     NoDirectory(PathBuf),
-    #[error("{dir} has no {RUN_FILE}: it was not written by a `csv-agent run` that records its identity (csv-agent 0.x before shard sets), or the run never started; rerun it with the same command")]
+    #[error("{dir} has no {RUN_FILE}: it is not a run's output, or was written by a csv-agent that did not record runs yet; rerun that shard with the same command")]
     NoRecord { dir: PathBuf },
     #[error("{path} is not a run record: {reason}")]
     BadRecord { path: PathBuf, reason: String },
