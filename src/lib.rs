@@ -19,6 +19,7 @@ pub mod questions;
 pub mod runner;
 pub mod sandbox;
 pub mod schema;
+pub mod shards;
 pub mod split;
 pub mod store;
 pub mod teacher;

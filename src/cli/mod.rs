@@ -6,6 +6,7 @@ mod doctor;
 mod eval;
 mod export;
 mod image;
+mod merge;
 mod progress;
 mod results;
 mod run;
@@ -46,8 +47,9 @@ enum Command {
     Status(results::StatusArgs),
     /// Look at episodes, questions, or one trace.
     Inspect(results::InspectArgs),
-    /// Join the outputs of shard runs, dropping duplicates.
-    Merge(results::MergeArgs),
+    /// Join the shards of one run into one output (refuses shards of
+    /// different runs); `--check` lists missing or unfinished shards.
+    Merge(merge::MergeArgs),
     /// Turn episodes into training data: sft, sft-tools, sft-interleaved,
     /// prm, orm, dpo, kto or rl (JSON Lines for TRL or OpenAI).
     Export(export::ExportArgs),
@@ -106,7 +108,7 @@ pub fn main() -> i32 {
                 Command::Validate(args) => validate::run(args).await,
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
-                Command::Merge(args) => results::merge(args),
+                Command::Merge(args) => merge::run(args),
                 Command::Export(args) => export::export(args),
                 Command::Split(args) => export::split(args),
                 Command::Eval(args) => eval::run(args).await,
