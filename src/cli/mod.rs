@@ -10,6 +10,7 @@ mod progress;
 mod results;
 mod run;
 mod sandbox;
+mod table;
 mod validate;
 
 use clap::{Parser, Subcommand};

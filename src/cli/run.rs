@@ -377,7 +377,7 @@ async fn settings(
 ) -> Result<RunSettings> {
     let file = crate::config::load_file(crate::config::config_path(config).as_deref())?;
     let limits = select.limits.resolve(&file)?;
-    let root = super::datasets::registry_dir(select.datasets);
+    let root = super::datasets::registry_dir(select.datasets)?;
     let registry = Registry::open(&root)?;
     let mut entries = registry.entries()?;
     if !select.only.is_empty() {
@@ -598,17 +598,27 @@ pub fn summary_line(d: &DatasetSummary) -> String {
 }
 
 pub fn print_summary(summary: &RunSummary, questions_only: bool) {
-    println!(
-        "{:<20} {:>9} {:>9} {:>13} {:>9} {:>9}",
-        "dataset", "questions", "verified", "disagreements", "failures", "time (s)"
-    );
+    // Column widths from the data (super::table); a dataset's failures and
+    // ineligible counts are printed under its row.
+    let mut table = super::table::new(&[
+        "dataset",
+        "questions",
+        "verified",
+        "disagreements",
+        "failures",
+        "time (s)",
+    ]);
+    super::table::align_right(&mut table, &[1, 2, 3, 4, 5]);
+    let mut below: Vec<Vec<String>> = Vec::new();
     for d in &summary.datasets {
+        let mut notes = Vec::new();
         if d.status == "failed" {
-            println!(
-                "{:<20} FAILED: {}",
-                d.dataset,
+            table.add_row(vec![d.dataset.clone(), "FAILED".to_string()]);
+            notes.push(format!(
+                "    FAILED: {}",
                 d.reason.as_deref().unwrap_or("unknown")
-            );
+            ));
+            below.push(notes);
             continue;
         }
         let (verified, disagreements) = if questions_only {
@@ -616,26 +626,37 @@ pub fn print_summary(summary: &RunSummary, questions_only: bool) {
         } else {
             (d.verified.to_string(), d.disagreements.to_string())
         };
-        println!(
-            "{:<20} {:>9} {:>9} {:>13} {:>9} {:>9.1}",
-            d.dataset,
-            d.questions,
+        table.add_row(vec![
+            d.dataset.clone(),
+            d.questions.to_string(),
             verified,
             disagreements,
-            d.failures.len(),
-            d.elapsed
-        );
+            d.failures.len().to_string(),
+            format!("{:.1}", d.elapsed),
+        ]);
         for f in &d.failures {
-            println!(
+            notes.push(format!(
                 "    failed {} ({}, {}): {}",
                 f.question_id,
                 f.template.as_deref().unwrap_or("-"),
                 f.stage,
                 f.reason
-            );
+            ));
         }
         for (reason, n) in &d.ineligible {
-            println!("    ineligible ({n}): {reason}");
+            notes.push(format!("    ineligible ({n}): {reason}"));
+        }
+        below.push(notes);
+    }
+    let lines = super::table::lines(&table);
+    let mut lines = lines.iter();
+    if let Some(header) = lines.next() {
+        println!("{header}");
+    }
+    for (line, notes) in lines.zip(&below) {
+        println!("{line}");
+        for note in notes {
+            println!("{note}");
         }
     }
 }
