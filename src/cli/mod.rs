@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod image;
 mod progress;
+mod report;
 mod results;
 mod run;
 mod sandbox;
@@ -47,6 +48,9 @@ enum Command {
     Status(results::StatusArgs),
     /// Look at episodes, questions, or one trace.
     Inspect(results::InspectArgs),
+    /// Write DIR/report.html: charts of a run and an episode browser, one
+    /// static file.
+    Report(report::ReportArgs),
     /// Join the outputs of shard runs, dropping duplicates.
     Merge(results::MergeArgs),
     /// Turn episodes into training data: sft, sft-tools, sft-interleaved,
@@ -107,6 +111,7 @@ pub fn main() -> i32 {
                 Command::Validate(args) => validate::run(args).await,
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
+                Command::Report(args) => report::run(args),
                 Command::Merge(args) => results::merge(args),
                 Command::Export(args) => export::export(args),
                 Command::Split(args) => export::split(args),

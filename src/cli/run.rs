@@ -554,6 +554,7 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         summary.verified,
         out.join(crate::store::SUMMARY_FILE).display()
     );
+    super::report::after_run(&out);
     Ok(summary.exit_code())
 }
 
