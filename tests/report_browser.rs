@@ -15,12 +15,14 @@ use std::process::Command;
 use common::{csv_agent, image};
 
 fn chromium_present() -> bool {
-    ["chromium", "chromium-browser", "google-chrome"].iter().any(|name| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|name| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {name}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
 
 fn ensure_chromium() {

@@ -302,13 +302,28 @@ async fn add(root: &Path, request: AddRequest) -> Result<i32> {
         }
         None
     };
-    let created = !root.is_dir();
+    if let Some(slug) = &request.slug {
+        Registry::slug_for(Path::new(&request.source), Some(slug))?;
+    }
+    // The folders this command creates (the registry and any missing
+    // parent), removed again when the import fails.
+    let created: Vec<PathBuf> = root
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
     let registry = Registry::create(root)?;
     let result = add_into(&registry, request, kaggle).await;
-    if result.is_err() && created {
-        // Only if still empty: never remove what someone else put there.
-        let _ = std::fs::remove_dir(root);
+    if result.is_err() {
+        // Innermost first, and only while empty: never remove what someone
+        // else put there.
+        for dir in &created {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
+    let created = !created.is_empty();
     let (d, dtypes) = result?;
     println!(
         "added {} ({} rows × {} columns, {}) at {}",
