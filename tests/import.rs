@@ -134,6 +134,38 @@ fn delimited_text_plain_compressed_zipped_and_in_a_kaggle_style_folder() {
     assert_added(&add(&registry, &[folder.to_str().expect("utf-8")]));
     assert!(registry.join("someone-weather-data").is_dir());
 
+    // Regression: a slug longer than 20 characters broke the table's
+    // columns; widths now come from the data.
+    let long = "a-dataset-slug-much-longer-than-twenty-characters";
+    assert_added(&add(
+        &registry,
+        &[tsv.to_str().expect("utf-8"), "--slug", long],
+    ));
+    let list = csv_agent(&[
+        "datasets",
+        "--datasets",
+        registry.to_str().expect("utf-8"),
+        "list",
+    ]);
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    let header = listed.lines().next().expect("header");
+    let long_line = listed
+        .lines()
+        .find(|l| l.starts_with(long))
+        .expect("long slug listed");
+    assert!(long_line.starts_with(&format!("{long}  ")), "{listed}");
+    // Every row's `format` column starts where the header's does.
+    let at = header[..header.find("format").expect("format column")]
+        .chars()
+        .count();
+    for line in listed.lines().skip(1) {
+        let chars: Vec<char> = line.chars().collect();
+        assert!(
+            chars.get(at - 1) == Some(&' ') && chars.get(at).is_some_and(|c| *c != ' '),
+            "misaligned row in:\n{listed}"
+        );
+    }
+
     // `datasets show` says what was imported and how.
     let show = csv_agent(&[
         "datasets",
