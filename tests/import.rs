@@ -101,6 +101,29 @@ fn delimited_text_plain_compressed_zipped_and_in_a_kaggle_style_folder() {
     assert_added(&add(&registry, &[csv.to_str().expect("utf-8")]));
     assert!(registry.join("owner-sales-data-2").is_dir());
 
+    // --typed: integers with gaps and ISO dates keep their types.
+    let o = add(
+        &registry,
+        &[csv.to_str().expect("utf-8"), "--typed", "--slug", "typed"],
+    );
+    assert_added(&o);
+    assert!(registry.join("typed/data.sqlite").is_file());
+    let d = dtypes(&registry, "typed");
+    assert_eq!(d["id"], "int64", "{d:?}");
+    assert!(is_datetime(&d["day"]), "{d:?}");
+    assert_eq!(d["amount"], "float64", "{d:?}");
+    assert!(d["region"] == "str" || d["region"] == "object", "{d:?}");
+    let gaps = dir.path().join("gaps.csv");
+    std::fs::write(
+        &gaps,
+        "n;when\n1;2024-01-01 10:00:00\n;2024-01-02 11:00:00\n3;\n",
+    )
+    .expect("csv");
+    assert_added(&add(&registry, &[gaps.to_str().expect("utf-8"), "--typed"]));
+    let d = dtypes(&registry, "gaps");
+    assert_eq!(d["n"], "Int64", "{d:?}");
+    assert!(is_datetime(&d["when"]), "{d:?}");
+
     let tsv = dir.path().join("t.tsv");
     std::fs::write(&tsv, "a\tb\n1\tx\n2\ty\n").expect("tsv");
     assert_added(&add(&registry, &[tsv.to_str().expect("utf-8")]));

@@ -66,6 +66,11 @@ enum DatasetsCommand {
         /// (default: the only tabular one).
         #[arg(long)]
         file: Option<String>,
+        /// Delimited text: store it with the types read from the text
+        /// (integers with gaps stay integers, ISO dates become dates)
+        /// instead of as text for pandas to infer.
+        #[arg(long)]
+        typed: bool,
         /// Run the pandas check even if an isolation layer is unavailable.
         #[arg(long)]
         allow_degraded: bool,
@@ -123,11 +128,17 @@ pub async fn run(args: DatasetsArgs) -> Result<i32> {
         sheet,
         table,
         file,
+        typed,
         allow_degraded,
     } = args.command
     {
         let root = chosen(args.datasets).unwrap_or_else(|| PathBuf::from("datasets"));
-        let options = ImportOptions { sheet, table, file };
+        let options = ImportOptions {
+            sheet,
+            table,
+            file,
+            typed,
+        };
         let request = AddRequest {
             source,
             slug,
@@ -340,6 +351,11 @@ async fn add(root: &Path, request: AddRequest) -> Result<i32> {
     if !dtypes.is_empty() {
         let shown: Vec<String> = dtypes.iter().map(|(c, t)| format!("{c}: {t}")).collect();
         println!("dtypes: {}", shown.join(", "));
+    }
+    if d.csv.extension().is_some_and(|e| e == "csv") {
+        println!(
+            "types as pandas infers them from the text; `--typed` keeps integers with gaps (Int64) and ISO dates (datetime64)"
+        );
     }
     if created && chosen(None).is_none() && root == Path::new("datasets") {
         eprintln!(

@@ -48,6 +48,10 @@ pub struct ImportOptions {
     pub table: Option<String>,
     /// The file inside a zip archive or folder (default: the only tabular one).
     pub file: Option<String>,
+    /// Decode delimited text with its types into the typed store (integers
+    /// with gaps stay integers, ISO dates become dates) instead of keeping
+    /// the text for pandas to infer.
+    pub typed: bool,
 }
 
 /// What `meta.json` records about an import.
@@ -302,6 +306,27 @@ fn import_into(
             record.file = Some(name);
             import_into(&target, options, staging, scratch, record, false)
         }
+        Format::Delimited if options.typed => {
+            check_text(source)?;
+            let target = staging.join(TYPED_FILE);
+            let table = guard(source, format, || readers::delimited(source))?;
+            if table.rows.is_empty() {
+                return Err(ImportError::NoRows {
+                    path: source.to_path_buf(),
+                });
+            }
+            let inference = table::Inference {
+                iso_text_dates: true,
+                whole_floats_are_ints: false,
+            };
+            record.columns = table.write_sqlite(&target, inference)?;
+            record.format = "csv".to_string();
+            record.stored_as = format!(
+                "data.sqlite (--typed), one table `{}` with the types read from the text, loaded by the zygote with those types",
+                table::TABLE
+            );
+            Ok(target)
+        }
         Format::Delimited => {
             check_text(source)?;
             let target = staging.join(super::DATA_FILE);
@@ -377,6 +402,12 @@ fn check_options(
     }
     if options.table.is_some() && !wrapper && format != Format::Sqlite {
         return Err(not("--table", "SQLite databases (.sqlite, .db)"));
+    }
+    if options.typed && !wrapper && format != Format::Delimited {
+        return Err(not(
+            "--typed",
+            "delimited text (typed sources keep their types anyway)",
+        ));
     }
     if options.file.is_some() && outermost && format != Format::Zip {
         return Err(not("--file", "zip archives, folders and Kaggle datasets"));

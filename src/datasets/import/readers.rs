@@ -48,6 +48,95 @@ pub fn read(
     }
 }
 
+/// pandas' default missing-value markers (`pd.read_csv(na_values=…)`).
+const NA: &[&str] = &[
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+];
+
+/// One field of delimited text as pandas would read it, and then typed.
+fn text_value(field: &str) -> Value {
+    if NA.contains(&field) {
+        return Value::Null;
+    }
+    let t = field.trim();
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<i64>().map(Value::Int).unwrap_or_else(|_| {
+            t.parse::<f64>()
+                .map(Value::Real)
+                .unwrap_or(Value::Text(field.to_string()))
+        });
+    }
+    if !t.is_empty()
+        && t.bytes().any(|b| b.is_ascii_digit())
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
+    {
+        if let Ok(x) = t.parse::<f64>() {
+            return Value::Real(x);
+        }
+    }
+    match t {
+        "True" | "TRUE" | "true" => Value::Bool(true),
+        "False" | "FALSE" | "false" => Value::Bool(false),
+        _ => Value::Text(field.to_string()),
+    }
+}
+
+/// Delimited text decoded with its types (`datasets add --typed`):
+/// separator from the header (tab for `.tsv`), UTF-8 else latin-1,
+/// pandas' missing-value markers; integers with gaps stay integers and
+/// columns of ISO 8601 dates become dates.
+pub fn delimited(path: &Path) -> Result<Table, ImportError> {
+    let bytes = fs::read(path).map_err(io("reading", path))?;
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t.to_string(),
+        Err(_) => bytes.iter().map(|&b| b as char).collect(),
+    };
+    let header = text.lines().next().unwrap_or("");
+    let tsv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("tab"));
+    let separator = if tsv {
+        b'\t'
+    } else {
+        [b',', b';', b'\t', b'|']
+            .into_iter()
+            .max_by_key(|c| (header.matches(*c as char).count(), *c == b','))
+            .unwrap_or(b',')
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(separator)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let names: Vec<String> = reader
+        .headers()
+        .map_err(|e| corrupt(path, "delimited text", e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let width = names.len();
+    let mut table = Table::new(names);
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| corrupt(path, "delimited text", e))?;
+        if record.len() > width {
+            return Err(corrupt(
+                path,
+                "delimited text",
+                format!(
+                    "line {} has {} fields, the header {width}",
+                    i + 2,
+                    record.len()
+                ),
+            ));
+        }
+        table.push(record.iter().map(text_value).collect());
+    }
+    Ok(table)
+}
+
 fn corrupt(path: &Path, format: &'static str, reason: impl ToString) -> ImportError {
     ImportError::Corrupt {
         path: path.to_path_buf(),
@@ -430,4 +519,25 @@ fn sqlite(path: &Path, wanted: Option<&str>) -> Result<(String, Table), ImportEr
         table.push(values);
     }
     Ok((table_name, table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_are_typed_like_pandas_reads_them() {
+        assert_eq!(text_value("12"), Value::Int(12));
+        assert_eq!(text_value("-3"), Value::Int(-3));
+        assert_eq!(text_value("2.5e3"), Value::Real(2500.0));
+        assert_eq!(text_value("NA"), Value::Null);
+        assert_eq!(text_value(""), Value::Null);
+        assert_eq!(text_value("True"), Value::Bool(true));
+        assert_eq!(text_value("inf"), Value::Text("inf".into()));
+        assert_eq!(text_value("2024-01-02"), Value::Text("2024-01-02".into()));
+        assert_eq!(
+            text_value("99999999999999999999"),
+            Value::Real(99_999_999_999_999_999_999.0)
+        );
+    }
 }
