@@ -98,6 +98,10 @@ fn the_report_opens_in_a_headless_browser_with_charts_and_a_working_episode_brow
         "{}",
         String::from_utf8_lossy(&report.stderr)
     );
+    // A folder that is not a run is refused, saying what to do.
+    let not_a_run = csv_agent(&["report", "--out", &dir.path().to_string_lossy()]);
+    assert_eq!(not_a_run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&not_a_run.stderr).contains("csv-agent run --out"));
     let html = std::fs::read_to_string(out.join("report.html")).expect("report");
     // Static: nothing fetched from anywhere.
     for needle in ["http://", "https://", "src=\"//"] {
