@@ -599,65 +599,7 @@ pub fn summary_line(d: &DatasetSummary) -> String {
 }
 
 pub fn print_summary(summary: &RunSummary, questions_only: bool) {
-    // Column widths from the data (super::table); a dataset's failures and
-    // ineligible counts are printed under its row.
-    let mut table = super::table::new(&[
-        "dataset",
-        "questions",
-        "verified",
-        "disagreements",
-        "failures",
-        "time (s)",
-    ]);
-    super::table::align_right(&mut table, &[1, 2, 3, 4, 5]);
-    let mut below: Vec<Vec<String>> = Vec::new();
-    for d in &summary.datasets {
-        let mut notes = Vec::new();
-        if d.status == "failed" {
-            table.add_row(vec![d.dataset.clone(), "FAILED".to_string()]);
-            notes.push(format!(
-                "    FAILED: {}",
-                d.reason.as_deref().unwrap_or("unknown")
-            ));
-            below.push(notes);
-            continue;
-        }
-        let (verified, disagreements) = if questions_only {
-            ("-".to_string(), "-".to_string())
-        } else {
-            (d.verified.to_string(), d.disagreements.to_string())
-        };
-        table.add_row(vec![
-            d.dataset.clone(),
-            d.questions.to_string(),
-            verified,
-            disagreements,
-            d.failures.len().to_string(),
-            format!("{:.1}", d.elapsed),
-        ]);
-        for f in &d.failures {
-            notes.push(format!(
-                "    failed {} ({}, {}): {}",
-                f.question_id,
-                f.template.as_deref().unwrap_or("-"),
-                f.stage,
-                f.reason
-            ));
-        }
-        for (reason, n) in &d.ineligible {
-            notes.push(format!("    ineligible ({n}): {reason}"));
-        }
-        below.push(notes);
-    }
-    let lines = super::table::lines(&table);
-    let mut lines = lines.iter();
-    if let Some(header) = lines.next() {
-        println!("{header}");
-    }
-    for (line, notes) in lines.zip(&below) {
+    for line in super::table::run_summary(summary, questions_only) {
         println!("{line}");
-        for note in notes {
-            println!("{note}");
-        }
     }
 }
