@@ -568,6 +568,35 @@ def load_csv(path: str) -> tuple[Any, str, str]:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head.strip():
         raise LoadError(f"{path} is empty")
+    if head.startswith(b"SQLite format 3\x00"):
+        # The typed store of an imported workbook, Parquet, JSON or SQLite
+        # file (src/datasets/import/table.rs): one table `data` whose
+        # declared column types give the dtypes back. Opened read-only and
+        # immutable: no journal or lock file next to a read-only mount.
+        import sqlite3
+        import urllib.parse
+
+        try:
+            con = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
+            try:
+                declared = {row[1]: (row[2] or "").upper() for row in con.execute("PRAGMA table_info(data)")}
+                frame = pd.read_sql_query("SELECT * FROM data", con)
+            finally:
+                con.close()
+            for name, kind in declared.items():
+                column = frame[name]
+                missing = bool(column.isna().any())
+                if kind == "INTEGER":
+                    frame[name] = column.astype("Int64" if missing else "int64")
+                elif kind == "REAL":
+                    frame[name] = column.astype("float64")
+                elif kind == "BOOLEAN":
+                    frame[name] = column.astype("boolean" if missing else "bool")
+                elif kind in ("DATE", "TIMESTAMP"):
+                    frame[name] = pd.to_datetime(column, format="ISO8601")
+        except Exception as exc:  # sqlite3 and pandas raise many types
+            raise LoadError(f"cannot read the typed dataset {path}: {type(exc).__name__}: {exc}") from None
+        return frame, "sqlite", "utf-8"
     complete = len(head) <= SNIFF_BYTES
     wide = wide_encoding(head)
     if wide is None and b"\x00" in head:

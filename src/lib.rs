@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod prompt;
 pub mod questions;
+pub mod report;
 pub mod runner;
 pub mod sandbox;
 pub mod schema;

@@ -8,9 +8,11 @@ mod export;
 mod image;
 mod merge;
 mod progress;
+mod report;
 mod results;
 mod run;
 mod sandbox;
+mod table;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,9 @@ enum Command {
     Status(results::StatusArgs),
     /// Look at episodes, questions, or one trace.
     Inspect(results::InspectArgs),
+    /// Write DIR/report.html: charts of a run and an episode browser, one
+    /// static file.
+    Report(report::ReportArgs),
     /// Join the shards of one run into one output (refuses shards of
     /// different runs); `--check` lists missing or unfinished shards.
     Merge(merge::MergeArgs),
@@ -108,6 +113,7 @@ pub fn main() -> i32 {
                 Command::Validate(args) => validate::run(args).await,
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
+                Command::Report(args) => report::run(args),
                 Command::Merge(args) => merge::run(args),
                 Command::Export(args) => export::export(args),
                 Command::Split(args) => export::split(args),

@@ -184,51 +184,51 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
             unverified,
         } => {
             let episodes = episodes_of(&args.out)?;
-            let _ = writeln!(
-                text,
-                "{:<16} {:<16} {:<34} {:<9} {:<8} answer",
-                "episode", "dataset", "template", "level", "verified"
-            );
+            let mut table = super::table::new(&[
+                "episode", "dataset", "template", "level", "verified", "answer",
+            ]);
             for e in episodes.iter().filter(|e| {
                 dataset.as_ref().is_none_or(|d| &e.dataset == d) && !(unverified && e.verified)
             }) {
-                let _ = writeln!(
-                    text,
-                    "{:<16} {:<16} {:<34} {:<9} {:<8} {}",
-                    e.episode_id,
-                    e.dataset,
-                    e.question.template_name.as_deref().unwrap_or("-"),
-                    e.question.difficulty.as_str(),
-                    if e.verified { "yes" } else { "NO" },
+                table.add_row(vec![
+                    e.episode_id.clone(),
+                    e.dataset.clone(),
+                    e.question
+                        .template_name
+                        .as_deref()
+                        .unwrap_or("-")
+                        .to_string(),
+                    e.question.difficulty.as_str().to_string(),
+                    if e.verified { "yes" } else { "NO" }.to_string(),
                     e.gold_trace
                         .final_answer
                         .as_ref()
                         .map(|a| short(a, 60))
-                        .unwrap_or_else(|| "-".into())
-                );
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            for line in super::table::lines(&table) {
+                let _ = writeln!(text, "{line}");
             }
         }
         InspectWhat::Questions { dataset } => {
             let questions = questions_of(&args.out)?;
-            let _ = writeln!(
-                text,
-                "{:<16} {:<16} {:<34} {:<9} question",
-                "id", "dataset", "template", "level"
-            );
+            let mut table = super::table::new(&["id", "dataset", "template", "level", "question"]);
             for q in questions
                 .iter()
                 .filter(|q| dataset.as_ref().is_none_or(|d| &q.dataset == d))
             {
                 let shown: String = q.question_text.chars().take(90).collect();
-                let _ = writeln!(
-                    text,
-                    "{:<16} {:<16} {:<34} {:<9} {}",
-                    q.id,
-                    q.dataset,
-                    q.template_name.as_deref().unwrap_or("-"),
-                    q.difficulty.as_str(),
-                    shown
-                );
+                table.add_row(vec![
+                    q.id.clone(),
+                    q.dataset.clone(),
+                    q.template_name.as_deref().unwrap_or("-").to_string(),
+                    q.difficulty.as_str().to_string(),
+                    shown,
+                ]);
+            }
+            for line in super::table::lines(&table) {
+                let _ = writeln!(text, "{line}");
             }
         }
         InspectWhat::Trace { id } => {
