@@ -1,0 +1,634 @@
+//! [`Sandbox`]: one jailed zygote with its dataset loaded, and the state its
+//! workers share with it.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+use super::control::{fork_worker, wait_ready, ForkReply};
+use super::dataset::open_dataset;
+use super::log::{log, Level};
+use super::protocol::{ChannelPolicy, FramedSocket, ToZygote, WorkerLimits, ZygoteReady};
+use super::spec::{
+    check_image_location, jail_file_name, system_binds_and_links, zygote_config, WorkerSetup,
+    ZYGOTE_NOFILE,
+};
+use super::unconfined::{unconfined_csv_path, unconfined_spec, unconfined_workdir, UnconfinedDir};
+use super::{
+    cgroup, landlock, layers, measure, mounts, rlimits, seccomp, spawn, uids, ExitInfo, Fault,
+    IdLease, IsolationReport, Layer, Limits, SandboxError, SandboxOptions, Task, Worker,
+    WorkerIsolation, DATA_DIR, ZYGOTE_PY,
+};
+
+pub(super) struct Shared {
+    pub(super) id: String,
+    pub(super) limits: Limits,
+    pub(super) worker_limits: WorkerLimits,
+    pub(super) control_tx: FramedSocket,
+    pub(super) pending: Mutex<HashMap<u64, oneshot::Sender<ForkReply>>>,
+    pub(super) exits: Mutex<HashMap<u64, ExitInfo>>,
+    pub(super) exit_notify: Notify,
+    pub(super) zygote_gone: Mutex<Option<String>>,
+    pub(super) next_worker: AtomicU64,
+    pub(super) spares: tokio::sync::Mutex<Vec<Worker>>,
+    pub(super) spare_target: usize,
+    pub(super) refilling: AtomicBool,
+    pub(super) faults: Mutex<Vec<Fault>>,
+    pub(super) closed: AtomicBool,
+    pub(super) zygote_group: Option<cgroup::Group>,
+    pub(super) jail: Mutex<Option<spawn::JailProcess>>,
+    /// The private directory of a jail without namespaces.
+    pub(super) workdir: Option<UnconfinedDir>,
+    /// Accept workers whose own Landlock domain or seccomp filter failed
+    /// (with a warning).
+    pub(super) allow_degraded: bool,
+    /// The ids the zygote hands its workers (per-worker uid mode).
+    pub(super) worker_ids: Option<uids::WorkerIds>,
+    /// The jail's host ids; declared last so the lease outlives the jail.
+    pub(super) _ids: IdLease,
+}
+
+/// One jailed zygote with its dataset loaded. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Sandbox {
+    pub(super) shared: Arc<Shared>,
+    pub(super) ready: Arc<ZygoteReady>,
+    pub(super) report: Arc<IsolationReport>,
+    pub(super) csv_in_jail: Arc<String>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+pub(super) static SANDBOX_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Sandbox {
+    /// Build the jail, start the zygote, load the CSV. Fails (listing the
+    /// missing layers) when a layer is unavailable and degraded mode is off.
+    pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let csv = std::fs::canonicalize(&opts.csv).map_err(|e| SandboxError::Dataset {
+            path: opts.csv.clone(),
+            reason: format!("cannot open it: {e}"),
+        })?;
+        // The jail's ids: a uid block of its own, or the single uid.
+        let lease = uids::lease(opts.worker_uids);
+        // Opened once, here; everything below uses this descriptor, never the
+        // path again (a path swapped between the checks and the jail start
+        // changes nothing).
+        let dataset_fd = open_dataset(&csv, lease.ids)?;
+        if let Some(hook) = &opts.test_hooks.after_dataset_open {
+            hook(&csv);
+        }
+
+        // The image is bound at its own host path; under a path the jail
+        // mounts itself it would be hidden or would leak into (say) /tmp.
+        check_image_location(&opts.image.root)?;
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SANDBOX_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let limits = opts.limits.clone();
+
+        let mut report = IsolationReport::default();
+        cgroup::remove_stale_groups();
+        let zygote_group = match cgroup::Group::create(
+            &cgroup::sandbox_group_path(&id, "zygote"),
+            cgroup::GroupLimits {
+                memory_bytes: limits.zygote_memory_bytes,
+                pids: limits.pids.max(64),
+            },
+        ) {
+            Ok(g) => {
+                report.set(Layer::active(
+                    "cgroup_limits",
+                    format!(
+                        "{}; per worker: memory {} MiB, pids {}",
+                        g.describe(),
+                        limits.memory_bytes >> 20,
+                        limits.pids
+                    ),
+                ));
+                Some(g)
+            }
+            Err(e) => {
+                report.set(Layer::unavailable(
+                    "cgroup_limits",
+                    format!(
+                        "{e}; fallback: RLIMIT_AS of {} MiB above the zygote per worker, RLIMIT_NPROC {} per jail",
+                        limits.memory_bytes >> 20,
+                        limits.nproc
+                    ),
+                ));
+                None
+            }
+        };
+        if !opts.allow_degraded && zygote_group.is_none() {
+            // Refused before any jail exists: name what is known to be
+            // missing, not every layer that was never measured.
+            let mut missing: Vec<Layer> = report.degraded().into_iter().cloned().collect();
+            if let Some(reason) = user_namespaces_disabled() {
+                missing.insert(0, Layer::unavailable("user_namespace", reason));
+            }
+            return Err(SandboxError::Degraded(missing));
+        }
+
+        let csv_name = jail_file_name(&csv);
+        let csv_in_jail = format!("{DATA_DIR}/{csv_name}");
+        let (mut binds, symlinks, lib_paths) = system_binds_and_links();
+        binds.push(mounts::Bind {
+            source: opts.image.root.clone(),
+            target: opts.image.root.clone(),
+            writable: false,
+            optional: false,
+            fd: None,
+        });
+        binds.push(mounts::Bind {
+            source: csv.clone(),
+            target: PathBuf::from(&csv_in_jail),
+            writable: false,
+            optional: false,
+            fd: Some(spawn::DATASET_FD),
+        });
+        for (dev, writable) in [
+            ("null", true),
+            ("zero", true),
+            ("urandom", false),
+            ("random", false),
+        ] {
+            let path = PathBuf::from(format!("/dev/{dev}"));
+            binds.push(mounts::Bind {
+                source: path.clone(),
+                target: path,
+                writable,
+                optional: false,
+                fd: None,
+            });
+        }
+        let files = vec![
+            mounts::JailFile {
+                path: PathBuf::from("/sandbox/zygote.py"),
+                contents: ZYGOTE_PY.to_string(),
+                mode: 0o444,
+            },
+            mounts::JailFile {
+                path: PathBuf::from("/etc/passwd"),
+                contents: "root:x:0:0:csv-agent jail:/tmp:/nonexistent\n".to_string(),
+                mode: 0o444,
+            },
+            mounts::JailFile {
+                path: PathBuf::from("/etc/group"),
+                contents: "root:x:0:\n".to_string(),
+                mode: 0o444,
+            },
+            mounts::JailFile {
+                path: PathBuf::from("/etc/hosts"),
+                contents: "127.0.0.1 localhost csv-agent\n".to_string(),
+                mode: 0o444,
+            },
+            // Unix permissions let anyone read this file, no Landlock rule
+            // covers it: reading it fails only while Landlock is enforced.
+            mounts::JailFile {
+                path: PathBuf::from(measure::LANDLOCK_CANARY),
+                contents: "landlock canary\n".to_string(),
+                mode: 0o444,
+            },
+        ];
+        let lib_paths_for_fallback = lib_paths.clone();
+        let mut read_exec = vec![opts.image.root.clone()];
+        read_exec.extend(lib_paths);
+        let landlock_spec = landlock::LandlockSpec {
+            read_exec,
+            read: vec![
+                PathBuf::from(DATA_DIR),
+                PathBuf::from("/sandbox"),
+                PathBuf::from("/etc"),
+                PathBuf::from("/proc"),
+                PathBuf::from("/dev/urandom"),
+                PathBuf::from("/dev/random"),
+            ],
+            read_write: vec![
+                PathBuf::from("/tmp"),
+                PathBuf::from(mounts::SCRATCH),
+                PathBuf::from("/dev/shm"),
+                PathBuf::from("/dev/null"),
+                PathBuf::from("/dev/zero"),
+            ],
+        };
+        let setup = WorkerSetup {
+            ids: lease.workers,
+            filter_hex: seccomp::worker_filter_hex().map_err(|e| SandboxError::Io {
+                what: "compiling the worker seccomp filter".to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+            extra_worker_paths: opts.test_hooks.extra_worker_paths.clone(),
+        };
+        let zygote_config = zygote_config(
+            &csv_in_jail,
+            &limits,
+            &landlock_spec,
+            Path::new(mounts::SCRATCH),
+            &setup,
+        );
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("HOME".into(), mounts::SCRATCH.into()),
+            ("TMPDIR".into(), mounts::SCRATCH.into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("LC_ALL".into(), "C.UTF-8".into()),
+        ];
+        env.extend(opts.image.env.iter().cloned());
+        let spec = spawn::JailSpec {
+            fs: mounts::FsSpec {
+                binds,
+                symlinks,
+                files,
+                tmp_size_bytes: limits.tmp_bytes,
+                shm_size_bytes: limits.shm_bytes,
+            },
+            landlock: landlock_spec,
+            rlimits: rlimits::RlimitSpec {
+                fsize_bytes: limits.fsize_bytes,
+                nofile: ZYGOTE_NOFILE.max(limits.nofile),
+                nproc: limits.nproc,
+            },
+            hostname: "csv-agent".to_string(),
+            argv: vec![
+                opts.image.python.display().to_string(),
+                "-I".to_string(),
+                "-B".to_string(),
+                "/sandbox/zygote.py".to_string(),
+                zygote_config.to_string(),
+            ],
+            env,
+            allow_degraded: opts.allow_degraded,
+            worker_ids: lease.workers,
+            unconfined: None,
+        };
+        let mut spec = spec;
+        // Without --allow-degraded a host without user namespaces is refused;
+        // with it, the init may fall back to running on the host filesystem
+        // under Landlock, in a private work directory.
+        let workdir = if opts.allow_degraded {
+            let dir = unconfined_workdir()?;
+            match unconfined_spec(
+                &spec,
+                &dir.work(),
+                &limits,
+                lib_paths_for_fallback.clone(),
+                &setup,
+            ) {
+                Ok(u) => spec.unconfined = Some(u),
+                Err(e) => {
+                    dir.remove();
+                    return Err(e);
+                }
+            }
+            Some(dir)
+        } else {
+            None
+        };
+
+        let jail = match spawn::launch(
+            &opts.init_program,
+            &spec,
+            Some(dataset_fd.as_fd()),
+            zygote_group.as_ref(),
+            lease.ids,
+            opts.startup_timeout,
+        )
+        .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                if let Some(g) = &zygote_group {
+                    g.remove();
+                    cgroup::remove_parent(&cgroup::sandbox_parent_path(&id));
+                }
+                if let Some(dir) = &workdir {
+                    dir.remove();
+                }
+                return Err(e.into());
+            }
+        };
+        for layer in &jail.applied {
+            report.set(layer.clone());
+        }
+        // The init has its own copy of the dataset's descriptor now.
+        drop(dataset_fd);
+        let csv_in_jail = match &jail.unconfined {
+            Some(reason) => {
+                for ns in layers::NAMESPACE_LAYERS {
+                    report.set(Layer::unavailable(ns, reason.clone()));
+                }
+                unconfined_csv_path()
+            }
+            None => {
+                // Not needed: the jail has its own root.
+                if let Some(dir) = &workdir {
+                    dir.remove();
+                }
+                csv_in_jail
+            }
+        };
+        let jail_unconfined = jail.unconfined.is_some();
+        let workdir = if jail.unconfined.is_some() {
+            workdir
+        } else {
+            None
+        };
+        // The init got this far only because unshare() of all of these
+        // succeeded; `measure` confirms them from inside and outside.
+        for ns in layers::NAMESPACE_LAYERS {
+            if report.get(ns).is_none() {
+                report.set(Layer::active(ns, "created by the jail init"));
+            }
+        }
+        report.worker_isolation = Some(match (&lease.workers, &jail.unconfined) {
+            (Some(_), None) => WorkerIsolation::per_worker_uid(lease.describe()),
+            (_, Some(reason)) => WorkerIsolation::single_uid(format!(
+                "single uid: no user namespace ({reason}); seccomp argument filters and Landlock scoping separate the workers"
+            )),
+            (None, None) => WorkerIsolation::single_uid(lease.describe()),
+        });
+        report.normalize();
+
+        // dup: one descriptor for the reader task, one for senders (tokio
+        // cannot register the same descriptor twice).
+        // try_clone duplicates with FD_CLOEXEC (F_DUPFD_CLOEXEC); a plain
+        // dup(2) would not, and every jail started later by this process
+        // would inherit this one's control socket.
+        let rx_fd = jail
+            .control
+            .try_clone()
+            .map_err(|source| SandboxError::Io {
+                what: "duplicating the control socket".to_string(),
+                source,
+            })?;
+        let control_rx = FramedSocket::new(rx_fd, "control", ChannelPolicy::control())?;
+        let control_tx = FramedSocket::new(
+            jail.control
+                .try_clone()
+                .map_err(|source| SandboxError::Io {
+                    what: "cloning the control socket".to_string(),
+                    source,
+                })?,
+            "control",
+            ChannelPolicy::control(),
+        )?;
+
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            worker_limits: WorkerLimits {
+                cpu_seconds: Some(limits.cpu_seconds),
+                address_space_extra: if zygote_group.is_some() {
+                    None
+                } else {
+                    Some(limits.memory_bytes)
+                },
+                nofile: Some(limits.nofile),
+            },
+            limits,
+            control_tx,
+            pending: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
+            exit_notify: Notify::new(),
+            zygote_gone: Mutex::new(None),
+            next_worker: AtomicU64::new(1),
+            spares: tokio::sync::Mutex::new(Vec::new()),
+            spare_target: opts.spare_workers,
+            refilling: AtomicBool::new(false),
+            faults: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            zygote_group,
+            jail: Mutex::new(Some(jail)),
+            workdir,
+            allow_degraded: opts.allow_degraded,
+            worker_ids: if jail_unconfined { None } else { lease.workers },
+            _ids: lease,
+        });
+
+        let ready = match wait_ready(control_rx, &shared, opts.startup_timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                shutdown_shared(&shared).await;
+                return Err(e);
+            }
+        };
+        let sandbox = Sandbox {
+            shared,
+            ready: Arc::new(ready),
+            report: Arc::new(report),
+            csv_in_jail: Arc::new(csv_in_jail),
+        };
+        sandbox.refill_spares();
+        Ok(sandbox)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+    /// Layers as set up (the doctor measures them from inside, see [`measure`]).
+    pub fn report(&self) -> &IsolationReport {
+        &self.report
+    }
+    pub fn zygote(&self) -> &ZygoteReady {
+        &self.ready
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+    /// A file readable by its mode bits that no Landlock rule covers: reading
+    /// it from a worker fails only while Landlock is enforced.
+    pub fn landlock_canary(&self) -> String {
+        match &self.shared.workdir {
+            Some(dir) => dir.canary().display().to_string(),
+            None => measure::LANDLOCK_CANARY.to_string(),
+        }
+    }
+
+    pub fn csv_path_in_jail(&self) -> &str {
+        &self.csv_in_jail
+    }
+    /// Host pid of the zygote (pid 1 of the jail).
+    pub fn zygote_host_pid(&self) -> Option<u32> {
+        let init = self.shared.jail.lock().ok()?.as_ref()?.init_pid;
+        let children =
+            std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+    /// Bytes charged to the zygote's cgroup: the imports, the loaded CSV and
+    /// the page cache it read (None without cgroups).
+    pub fn zygote_cgroup_memory(&self) -> Option<u64> {
+        self.shared
+            .zygote_group
+            .as_ref()
+            .and_then(|g| g.memory_usage())
+    }
+    /// Whether the zygote still serves forks (its control socket is open).
+    pub fn is_alive(&self) -> bool {
+        !self.shared.closed.load(Ordering::Relaxed)
+            && self
+                .shared
+                .zygote_gone
+                .lock()
+                .map(|g| g.is_none())
+                .unwrap_or(false)
+    }
+    /// Why the zygote is gone, once it is.
+    pub fn gone_reason(&self) -> Option<String> {
+        self.shared.gone_reason()
+    }
+    /// Host pid of the jail's monitor (`csv-agent __jail-init`).
+    pub fn monitor_host_pid(&self) -> Option<u32> {
+        Some(self.shared.jail.lock().ok()?.as_ref()?.init_pid)
+    }
+    /// Faults seen so far (timeouts, OOM kills, crashes).
+    pub fn faults(&self) -> Vec<Fault> {
+        self.shared
+            .faults
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// A worker for a new task: a pre-forked spare if there is one, else a fresh fork.
+    pub async fn acquire(&self) -> Result<Worker, SandboxError> {
+        let spare = self.shared.spares.lock().await.pop();
+        let worker = match spare {
+            Some(w) if w.is_alive() => w,
+            _ => fork_worker(&self.shared).await?,
+        };
+        self.refill_spares();
+        Ok(worker)
+    }
+
+    /// A task: cells run in one worker; a lost worker is replaced for the next cell.
+    pub fn task(&self) -> Task {
+        Task {
+            sandbox: self.clone(),
+            worker: None,
+            cells: 0,
+            restarts: 0,
+        }
+    }
+
+    pub(super) fn refill_spares(&self) {
+        if self.shared.spare_target == 0 || self.shared.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.shared.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if shared.closed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let have = shared.spares.lock().await.len();
+                if have >= shared.spare_target {
+                    break;
+                }
+                match fork_worker(&shared).await {
+                    Ok(w) => shared.spares.lock().await.push(w),
+                    Err(e) => {
+                        log(
+                            Level::Debug,
+                            &format!("pre-forking a spare worker failed: {e}"),
+                        );
+                        break;
+                    }
+                }
+            }
+            shared.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Stop every worker and the zygote, remove the cgroups.
+    pub async fn shutdown(self) {
+        shutdown_shared(&self.shared).await;
+    }
+}
+
+/// Why user namespaces cannot be created here, when the host says so plainly
+/// (the jail init finds out for certain; this is for early messages).
+pub(super) fn user_namespaces_disabled() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0 on this host".to_string());
+    }
+    if !nix::unistd::geteuid().is_root()
+        && read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Some("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1)".to_string());
+    }
+    None
+}
+
+pub(super) async fn shutdown_shared(shared: &Arc<Shared>) {
+    if shared.closed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spares: Vec<Worker> = shared.spares.lock().await.drain(..).collect();
+    drop(spares);
+    let _ = shared.control_tx.send(&ToZygote::Shutdown).await;
+    let jail = shared.jail.lock().ok().and_then(|mut j| j.take());
+    if let Some(mut jail) = jail {
+        if tokio::time::timeout(Duration::from_secs(5), jail.child.wait())
+            .await
+            .is_err()
+        {
+            // Closing the sync socket makes the monitor kill the jail; kill the
+            // monitor too in case it is stuck.
+            let _ = jail.child.start_kill();
+            let _ = jail.child.wait().await;
+        }
+    }
+    if let Some(g) = &shared.zygote_group {
+        g.remove();
+    }
+    cgroup::remove_parent(&cgroup::sandbox_parent_path(&shared.id));
+    if let Some(dir) = &shared.workdir {
+        dir.remove();
+    }
+}
+
+impl Shared {
+    /// Why the zygote is gone, once it is.
+    pub(super) fn gone_reason(&self) -> Option<String> {
+        self.zygote_gone.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Last handle gone without shutdown(): dropping the JailProcess
+        // closes the sync socket and kills the init (kill_on_drop); the
+        // monitor's death takes the jail with it (PDEATHSIG).
+        if let Ok(mut j) = self.jail.lock() {
+            j.take();
+        }
+        if let Some(g) = &self.zygote_group {
+            g.remove();
+        }
+        cgroup::remove_parent(&cgroup::sandbox_parent_path(&self.id));
+        if let Some(dir) = &self.workdir {
+            dir.remove();
+        }
+    }
+}
