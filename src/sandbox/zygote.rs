@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,15 +13,11 @@ use super::control::{fork_worker, wait_ready, ForkReply};
 use super::dataset::open_dataset;
 use super::log::{log, Level};
 use super::protocol::{ChannelPolicy, FramedSocket, ToZygote, WorkerLimits, ZygoteReady};
-use super::spec::{
-    check_image_location, jail_file_name, system_binds_and_links, zygote_config, WorkerSetup,
-    ZYGOTE_NOFILE,
-};
+use super::spec::{self, check_image_location, HostView, JailInputs, WorkerSetup};
 use super::unconfined::{unconfined_csv_path, unconfined_spec, unconfined_workdir, UnconfinedDir};
 use super::{
-    cgroup, landlock, layers, measure, mounts, rlimits, seccomp, spawn, uids, ExitInfo, Fault,
-    IdLease, IsolationReport, Layer, Limits, SandboxError, SandboxOptions, Task, Worker,
-    WorkerIsolation, DATA_DIR, ZYGOTE_PY,
+    cgroup, layers, measure, seccomp, spawn, uids, ExitInfo, Fault, IdLease, IsolationReport,
+    Layer, Limits, SandboxError, SandboxOptions, Task, Worker, WorkerIsolation,
 };
 
 pub(super) struct Shared {
@@ -143,88 +138,6 @@ impl Sandbox {
             return Err(SandboxError::Degraded(missing));
         }
 
-        let csv_name = jail_file_name(&csv);
-        let csv_in_jail = format!("{DATA_DIR}/{csv_name}");
-        let (mut binds, symlinks, lib_paths) = system_binds_and_links();
-        binds.push(mounts::Bind {
-            source: opts.image.root.clone(),
-            target: opts.image.root.clone(),
-            writable: false,
-            optional: false,
-            fd: None,
-        });
-        binds.push(mounts::Bind {
-            source: csv.clone(),
-            target: PathBuf::from(&csv_in_jail),
-            writable: false,
-            optional: false,
-            fd: Some(spawn::DATASET_FD),
-        });
-        for (dev, writable) in [
-            ("null", true),
-            ("zero", true),
-            ("urandom", false),
-            ("random", false),
-        ] {
-            let path = PathBuf::from(format!("/dev/{dev}"));
-            binds.push(mounts::Bind {
-                source: path.clone(),
-                target: path,
-                writable,
-                optional: false,
-                fd: None,
-            });
-        }
-        let files = vec![
-            mounts::JailFile {
-                path: PathBuf::from("/sandbox/zygote.py"),
-                contents: ZYGOTE_PY.to_string(),
-                mode: 0o444,
-            },
-            mounts::JailFile {
-                path: PathBuf::from("/etc/passwd"),
-                contents: "root:x:0:0:csv-agent jail:/tmp:/nonexistent\n".to_string(),
-                mode: 0o444,
-            },
-            mounts::JailFile {
-                path: PathBuf::from("/etc/group"),
-                contents: "root:x:0:\n".to_string(),
-                mode: 0o444,
-            },
-            mounts::JailFile {
-                path: PathBuf::from("/etc/hosts"),
-                contents: "127.0.0.1 localhost csv-agent\n".to_string(),
-                mode: 0o444,
-            },
-            // Unix permissions let anyone read this file, no Landlock rule
-            // covers it: reading it fails only while Landlock is enforced.
-            mounts::JailFile {
-                path: PathBuf::from(measure::LANDLOCK_CANARY),
-                contents: "landlock canary\n".to_string(),
-                mode: 0o444,
-            },
-        ];
-        let lib_paths_for_fallback = lib_paths.clone();
-        let mut read_exec = vec![opts.image.root.clone()];
-        read_exec.extend(lib_paths);
-        let landlock_spec = landlock::LandlockSpec {
-            read_exec,
-            read: vec![
-                PathBuf::from(DATA_DIR),
-                PathBuf::from("/sandbox"),
-                PathBuf::from("/etc"),
-                PathBuf::from("/proc"),
-                PathBuf::from("/dev/urandom"),
-                PathBuf::from("/dev/random"),
-            ],
-            read_write: vec![
-                PathBuf::from("/tmp"),
-                PathBuf::from(mounts::SCRATCH),
-                PathBuf::from("/dev/shm"),
-                PathBuf::from("/dev/null"),
-                PathBuf::from("/dev/zero"),
-            ],
-        };
         let setup = WorkerSetup {
             ids: lease.workers,
             filter_hex: seccomp::worker_filter_hex().map_err(|e| SandboxError::Io {
@@ -233,49 +146,17 @@ impl Sandbox {
             })?,
             extra_worker_paths: opts.test_hooks.extra_worker_paths.clone(),
         };
-        let zygote_config = zygote_config(
-            &csv_in_jail,
-            &limits,
-            &landlock_spec,
-            Path::new(mounts::SCRATCH),
-            &setup,
-        );
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), "/usr/bin:/bin".into()),
-            ("HOME".into(), mounts::SCRATCH.into()),
-            ("TMPDIR".into(), mounts::SCRATCH.into()),
-            ("LANG".into(), "C.UTF-8".into()),
-            ("LC_ALL".into(), "C.UTF-8".into()),
-        ];
-        env.extend(opts.image.env.iter().cloned());
-        let spec = spawn::JailSpec {
-            fs: mounts::FsSpec {
-                binds,
-                symlinks,
-                files,
-                tmp_size_bytes: limits.tmp_bytes,
-                shm_size_bytes: limits.shm_bytes,
-            },
-            landlock: landlock_spec,
-            rlimits: rlimits::RlimitSpec {
-                fsize_bytes: limits.fsize_bytes,
-                nofile: ZYGOTE_NOFILE.max(limits.nofile),
-                nproc: limits.nproc,
-            },
-            hostname: "csv-agent".to_string(),
-            argv: vec![
-                opts.image.python.display().to_string(),
-                "-I".to_string(),
-                "-B".to_string(),
-                "/sandbox/zygote.py".to_string(),
-                zygote_config.to_string(),
-            ],
-            env,
+        let built = spec::build(&JailInputs {
+            csv: &csv,
+            image: &opts.image,
+            limits: &limits,
             allow_degraded: opts.allow_degraded,
-            worker_ids: lease.workers,
-            unconfined: None,
-        };
-        let mut spec = spec;
+            setup: &setup,
+            host: HostView::read(),
+        });
+        let csv_in_jail = built.csv_in_jail;
+        let lib_paths_for_fallback = built.lib_paths;
+        let mut spec = built.spec;
         // Without --allow-degraded a host without user namespaces is refused;
         // with it, the init may fall back to running on the host filesystem
         // under Landlock, in a private work directory.
