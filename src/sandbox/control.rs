@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tracing::instrument::WithSubscriber;
+use tracing::Instrument;
 
-use super::log::{log, Level};
 use super::pidfd::{pidfd_inner_pid, pidfd_open};
 use super::protocol::{
     self, ChannelPolicy, FramedSocket, FromWorker, FromZygote, ProtocolError, ToZygote, ZygoteReady,
@@ -83,7 +84,13 @@ pub(super) async fn wait_ready(
         .into());
     }
     let reader_shared = Arc::downgrade(shared);
-    tokio::spawn(control_reader(control_rx, reader_shared));
+    // The reader runs in the caller's span and subscriber (the CLI's
+    // `dataset` span and log file), whichever runtime thread polls it.
+    tokio::spawn(
+        control_reader(control_rx, reader_shared)
+            .in_current_span()
+            .with_current_subscriber(),
+    );
     Ok(ready)
 }
 
@@ -102,7 +109,7 @@ pub(super) async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak
         let msg: FromZygote = match protocol::decode("control", &frame.body) {
             Ok(m) => m,
             Err(e) => {
-                log(Level::Warn, &e.to_string());
+                tracing::warn!(sandbox = %shared.id, "{e}");
                 continue;
             }
         };
@@ -147,13 +154,15 @@ pub(super) async fn control_reader(mut rx: FramedSocket, shared: std::sync::Weak
                 }
                 shared.exit_notify.notify_waiters();
             }
-            FromZygote::Error { error } => log(Level::Warn, &format!("zygote: {error}")),
-            other => log(Level::Warn, &format!("zygote sent an unexpected {other:?}")),
+            FromZygote::Error { error } => {
+                tracing::warn!(sandbox = %shared.id, "zygote: {error}")
+            }
+            other => tracing::warn!(sandbox = %shared.id, "zygote sent an unexpected {other:?}"),
         }
     };
     if let Some(shared) = shared.upgrade() {
         if !shared.closed.load(Ordering::Relaxed) {
-            log(Level::Warn, &format!("sandbox {}: {reason}", shared.id));
+            tracing::warn!("sandbox {}: {reason}", shared.id);
         }
         if let Ok(mut gone) = shared.zygote_gone.lock() {
             *gone = Some(reason);
@@ -192,12 +201,9 @@ pub(super) async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxE
                         transient: true,
                     });
                 }
-                log(
-                    Level::Info,
-                    &format!(
-                        "sandbox {}: forking worker {worker_id} failed ({error}); retrying",
-                        shared.id
-                    ),
+                tracing::info!(
+                    "sandbox {}: forking worker {worker_id} failed ({error}); retrying",
+                    shared.id
                 );
                 tokio::time::sleep(FORK_BACKOFF * (1 << (attempt - 1))).await;
                 attempt += 1;
@@ -410,9 +416,9 @@ pub(super) async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxErr
             worker.kill();
             return Err(SandboxError::WorkerScope { worker_id, reason });
         }
-        log(
-            Level::Warn,
-            &format!("worker {worker_id}: per-worker landlock scope not applied: {reason}"),
+        tracing::warn!(
+            sandbox = %shared.id,
+            "worker {worker_id}: per-worker landlock scope not applied: {reason}"
         );
     }
     Ok(worker)

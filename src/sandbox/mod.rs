@@ -28,7 +28,6 @@ mod control;
 mod dataset;
 mod error;
 mod limits;
-mod log;
 mod options;
 mod pidfd;
 mod result;
@@ -42,7 +41,6 @@ pub use error::SandboxError;
 pub use image::{Image, ImageError, ImageSpec};
 pub use layers::{IsolationReport, Layer, LayerStatus, WorkerIsolation, LAYER_NAMES};
 pub use limits::{parse_size, LimitChoice, Limits, MIN_WORKER_MEMORY};
-pub use log::set_log_level;
 pub use options::{DatasetHook, SandboxOptions, TestHooks};
 pub use result::{CellResult, CellStatus, ExitInfo, Fault};
 pub use spec::check_image_location;
@@ -50,8 +48,6 @@ pub use task::Task;
 pub use uids::{IdLease, JailIds};
 pub use worker::Worker;
 pub use zygote::Sandbox;
-
-pub(crate) use log::log_line;
 
 /// The zygote program, embedded so the binary is all a host needs besides the image.
 pub const ZYGOTE_PY: &str = include_str!("../../sandbox-image/zygote.py");

@@ -5,7 +5,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::log::{log, Level};
 use super::pidfd::pidfd_send_signal;
 use super::protocol::{self, FramedSocket, FromWorker, ScopeStatus, ToWorker};
 use super::zygote::Shared;
@@ -270,12 +269,13 @@ impl Worker {
 
     /// A worker lost to the infrastructure: logged, not a fault of its code.
     pub(super) fn record_incident(&self, cell: u64, detail: &str) {
-        log(
-            Level::Warn,
-            &format!(
-                "sandbox {} worker {} (host pid {}) cell {}: lost from outside: {}",
-                self.shared.id, self.id, self.host_pid, cell, detail
-            ),
+        tracing::warn!(
+            "sandbox {} worker {} (host pid {}) cell {}: lost from outside: {}",
+            self.shared.id,
+            self.id,
+            self.host_pid,
+            cell,
+            detail
         );
     }
 
@@ -310,17 +310,14 @@ impl Worker {
     }
 
     pub(super) fn record_fault(&self, cell: u64, cause: CellStatus, detail: &str) {
-        log(
-            Level::Warn,
-            &format!(
-                "sandbox {} worker {} (host pid {}) cell {}: {}: {}",
-                self.shared.id,
-                self.id,
-                self.host_pid,
-                cell,
-                cause.as_str(),
-                detail
-            ),
+        tracing::warn!(
+            "sandbox {} worker {} (host pid {}) cell {}: {}: {}",
+            self.shared.id,
+            self.id,
+            self.host_pid,
+            cell,
+            cause.as_str(),
+            detail
         );
         if let Ok(mut faults) = self.shared.faults.lock() {
             faults.push(Fault {

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
+use tracing::instrument::WithSubscriber;
+use tracing::Instrument;
 
 use super::control::{fork_worker, wait_ready, ForkReply};
 use super::dataset::open_dataset;
-use super::log::{log, Level};
 use super::protocol::{ChannelPolicy, FramedSocket, ToZygote, WorkerLimits, ZygoteReady};
 use super::spec::{self, check_image_location, HostView, JailInputs, WorkerSetup};
 use super::unconfined::{unconfined_csv_path, unconfined_spec, unconfined_workdir, UnconfinedDir};
@@ -412,7 +413,7 @@ impl Sandbox {
             return;
         }
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let refill = async move {
             loop {
                 if shared.closed.load(Ordering::Relaxed) {
                     break;
@@ -424,16 +425,17 @@ impl Sandbox {
                 match fork_worker(&shared).await {
                     Ok(w) => shared.spares.lock().await.push(w),
                     Err(e) => {
-                        log(
-                            Level::Debug,
-                            &format!("pre-forking a spare worker failed: {e}"),
+                        tracing::debug!(
+                            sandbox = %shared.id,
+                            "pre-forking a spare worker failed: {e}"
                         );
                         break;
                     }
                 }
             }
             shared.refilling.store(false, Ordering::Release);
-        });
+        };
+        tokio::spawn(refill.in_current_span().with_current_subscriber());
     }
 
     /// Stop every worker and the zygote, remove the cgroups.
