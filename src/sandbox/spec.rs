@@ -108,6 +108,9 @@ pub(super) struct WorkerSetup {
     pub(super) ids: Option<uids::WorkerIds>,
     /// [`seccomp::WORKER_FILTER`], compiled, as hex.
     pub(super) filter_hex: String,
+    /// The rights of each worker's own Landlock domain, or why there are
+    /// none on this host (the zygote then reports the domain as not applied).
+    pub(super) landlock: Result<landlock::WorkerRights, String>,
     /// Paths added to every worker's Landlock domain (tests only).
     pub(super) extra_worker_paths: Vec<String>,
 }
@@ -140,6 +143,8 @@ pub(super) fn zygote_config(
         "worker_scope": true,
         "private_tmp": true,
         "worker_paths": worker_paths,
+        "worker_landlock": setup.landlock.as_ref().ok(),
+        "worker_landlock_error": setup.landlock.as_ref().err(),
         "threads": 1,
         "worker_ids": setup.ids,
         "worker_filter": {
@@ -389,6 +394,7 @@ mod tests {
                 count: 4096,
             }),
             filter_hex: "00ff".to_string(),
+            landlock: landlock::worker_rights(7).map_err(|e| e.to_string()),
             extra_worker_paths: Vec::new(),
         }
     }
@@ -521,5 +527,39 @@ mod tests {
                 bind.target.display()
             );
         }
+    }
+
+    #[test]
+    fn the_zygote_is_handed_the_crates_landlock_rights_for_the_abi() {
+        use ::landlock::{Access, AccessFs, Scope, ABI};
+        let (image, limits) = (image(), Limits::default());
+        let setup = setup();
+        let built = build(&inputs_for(Path::new("/x/a.csv"), &image, &limits, &setup));
+        let config: serde_json::Value =
+            serde_json::from_str(built.spec.argv.last().expect("config")).expect("JSON");
+        let handed = &config["worker_landlock"];
+        assert_eq!(handed["abi"], 7);
+        assert_eq!(handed["handled_fs"], AccessFs::from_all(ABI::V7).bits());
+        assert_eq!(handed["file_rights"], AccessFs::from_file(ABI::V7).bits());
+        assert_eq!(handed["scoped"], Scope::from_all(ABI::V7).bits());
+        assert!(config["worker_landlock_error"].is_null());
+
+        let without = WorkerSetup {
+            landlock: Err("landlock is not available: ENOSYS".to_string()),
+            ..setup
+        };
+        let built = build(&inputs_for(
+            Path::new("/x/a.csv"),
+            &image,
+            &limits,
+            &without,
+        ));
+        let config: serde_json::Value =
+            serde_json::from_str(built.spec.argv.last().expect("config")).expect("JSON");
+        assert!(config["worker_landlock"].is_null());
+        assert_eq!(
+            config["worker_landlock_error"],
+            "landlock is not available: ENOSYS"
+        );
     }
 }

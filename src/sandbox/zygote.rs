@@ -145,6 +145,8 @@ impl Sandbox {
                 what: "compiling the worker seccomp filter".to_string(),
                 source: std::io::Error::other(e.to_string()),
             })?,
+            // The same kernel runs the jail: the rights for its ABI.
+            landlock: super::landlock::worker_rights_here().map_err(|e| e.to_string()),
             extra_worker_paths: opts.test_hooks.extra_worker_paths.clone(),
         };
         let built = spec::build(&JailInputs {
