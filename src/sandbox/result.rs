@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::CellReply;
+use super::protocol::{CellReply, ReplyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,16 +102,16 @@ pub(super) fn excerpt(text: &str, max: usize) -> String {
 pub(super) fn checked_error(
     error: serde_json::Value,
     cap: usize,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, ReplyError> {
     let serde_json::Value::Object(mut fields) = error else {
-        return Err("an error that is not an object".to_string());
+        return Err(ReplyError::ErrorNotObject);
     };
-    let mut take = |name: &str, cap: usize| match fields.remove(name) {
+    let mut take = |field: &'static str, cap: usize| match fields.remove(field) {
         Some(serde_json::Value::String(mut text)) => {
             cap_text(&mut text, cap);
             Ok(text)
         }
-        _ => Err(format!("an error without a string {name:?}")),
+        _ => Err(ReplyError::ErrorField { field }),
     };
     let kind = take("type", MAX_ERROR_TYPE)?;
     let message = take("message", cap)?;
@@ -123,22 +123,26 @@ impl CellResult {
     /// Turn a worker's reply into a result without trusting it: every text
     /// field is cut to the output cap here (whatever the worker claims to
     /// have cut), the counters say what was cut, and a reply that does not
-    /// have the documented shape is a protocol violation (`Err` with what was
-    /// wrong). `submitted` and `hooks` are bounded by the worker channel's
-    /// frame limit, not cut (a cut value would be another answer).
-    pub(super) fn from_reply(reply: CellReply, max_output: u64) -> Result<Self, String> {
+    /// have the documented shape is a protocol violation (a [`ReplyError`]
+    /// naming what was wrong; an unknown status included). `submitted` and
+    /// `hooks` are bounded by the worker channel's frame limit, not cut (a
+    /// cut value would be another answer).
+    pub(super) fn from_reply(reply: CellReply, max_output: u64) -> Result<Self, ReplyError> {
         let cap = usize::try_from(max_output).unwrap_or(usize::MAX);
         let status = match reply.status.as_str() {
             "ok" => CellStatus::Ok,
             "error" => CellStatus::Error,
-            other => return Err(format!("unknown status {:?}", excerpt(other, 40))),
+            other => {
+                return Err(ReplyError::UnknownStatus {
+                    status: excerpt(other, 40),
+                })
+            }
         };
         if (status == CellStatus::Error) != reply.error.is_some() {
-            return Err(format!(
-                "status {:?} with {} error",
-                reply.status,
-                if reply.error.is_some() { "an" } else { "no" }
-            ));
+            return Err(ReplyError::StatusMismatch {
+                status: status.as_str(),
+                with_error: reply.error.is_some(),
+            });
         }
         let error = reply.error.map(|e| checked_error(e, cap)).transpose()?;
         let (mut stdout, mut stderr, mut result) = (reply.stdout, reply.stderr, reply.result);
@@ -252,7 +256,16 @@ mod tests {
     #[test]
     fn a_reply_of_the_wrong_shape_is_a_violation() {
         let unknown = CellResult::from_reply(reply("fine", String::new()), 1000);
-        assert!(unknown.is_err_and(|e| e.contains("unknown status")));
+        assert_eq!(
+            unknown,
+            Err(ReplyError::UnknownStatus {
+                status: "fine".to_string()
+            })
+        );
+        let long = CellResult::from_reply(reply(&"x".repeat(1000), String::new()), 1000);
+        assert!(
+            matches!(&long, Err(ReplyError::UnknownStatus { status }) if status.chars().count() <= 41)
+        );
         assert!(CellResult::from_reply(reply("error", String::new()), 1000).is_err());
         let mut error = reply("error", String::new());
         error.error = Some(serde_json::json!({"type": "X", "message": 3, "traceback": ""}));
@@ -274,6 +287,33 @@ mod tests {
                 text.ends_with("[... 4000 bytes truncated]\n"),
                 "{key}: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_status_the_worker_may_not_send_is_a_typed_protocol_violation() {
+        // `timeout`, `oom` and `crashed` are CellStatus values, but only the
+        // supervisor may say them: from a worker they are unknown.
+        for status in ["timeout", "oom", "crashed", "OK", ""] {
+            let err = CellResult::from_reply(reply(status, String::new()), 1000)
+                .map_err(|source| crate::sandbox::protocol::ProtocolError::Reply {
+                    channel: "worker",
+                    cell: 1,
+                    source,
+                })
+                .expect_err(status);
+            assert!(err.is_violation(), "{err}");
+            assert!(
+                matches!(
+                    &err,
+                    crate::sandbox::protocol::ProtocolError::Reply {
+                        source: ReplyError::UnknownStatus { .. },
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("unknown status"), "{err}");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pidfd::pidfd_send_signal;
-use super::protocol::{self, FramedSocket, FromWorker, ScopeStatus, ToWorker};
+use super::protocol::{self, FramedSocket, FromWorker, ProtocolError, ScopeStatus, ToWorker};
 use super::zygote::Shared;
 use super::{cgroup, CellResult, CellStatus, ExitInfo, Fault, SandboxError};
 
@@ -137,18 +137,25 @@ impl Worker {
             Ok(Ok(Some(frame))) => {
                 let checked = match protocol::decode::<FromWorker>("worker", &frame.body) {
                     Ok(FromWorker::Result(reply)) if reply.cell == cell => {
-                        CellResult::from_reply(reply, self.shared.limits.max_output_bytes)
+                        CellResult::from_reply(reply, self.shared.limits.max_output_bytes).map_err(
+                            |source| ProtocolError::Reply {
+                                channel: "worker",
+                                cell,
+                                source,
+                            },
+                        )
                     }
-                    Ok(other) => Err(format!(
-                        "expected the result of cell {cell}, got {}",
-                        other.kind()
-                    )),
-                    Err(e) => Err(e.to_string()),
+                    Ok(other) => Err(ProtocolError::NotTheResult {
+                        channel: "worker",
+                        cell,
+                        got: other.kind(),
+                    }),
+                    Err(e) => Err(e),
                 };
                 drop(frame);
                 Ok(match checked {
                     Ok(result) => result,
-                    Err(detail) => self.violation(cell, started, &detail),
+                    Err(e) => self.violation(cell, started, &e.to_string()),
                 })
             }
             Ok(Err(e)) if e.is_violation() => Ok(self.violation(cell, started, &e.to_string())),

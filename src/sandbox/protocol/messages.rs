@@ -167,6 +167,27 @@ pub enum FromWorker {
     Result(CellReply),
 }
 
+/// What is wrong with a worker's [`CellReply`]: it decoded, but does not
+/// have the documented shape. A worker runs the cell's code, which can forge
+/// its reply, so each of these is a protocol violation (see
+/// [`ProtocolError::Reply`]), never an ordinary cell error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// A status other than `ok` and `error` (the only two a worker sends;
+    /// timeouts, OOM kills and crashes are the supervisor's to say).
+    #[error("unknown status {status:?} (expected \"ok\" or \"error\")")]
+    UnknownStatus { status: String },
+    #[error("status {status:?} with {} error", if *.with_error { "an" } else { "no" })]
+    StatusMismatch {
+        status: &'static str,
+        with_error: bool,
+    },
+    #[error("an error that is not an object")]
+    ErrorNotObject,
+    #[error("an error without a string {field:?}")]
+    ErrorField { field: &'static str },
+}
+
 impl FromWorker {
     /// A short description for error messages (never the worker's content,
     /// which may be megabytes).

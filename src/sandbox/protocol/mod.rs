@@ -155,6 +155,19 @@ pub enum ProtocolError {
         expected: &'static str,
         got: String,
     },
+    #[error("unexpected message on the {channel} channel: expected the result of cell {cell}, got {got}")]
+    NotTheResult {
+        channel: &'static str,
+        cell: u64,
+        got: String,
+    },
+    #[error("malformed result of cell {cell} on the {channel} channel: {source}")]
+    Reply {
+        channel: &'static str,
+        cell: u64,
+        #[source]
+        source: ReplyError,
+    },
 }
 
 impl ProtocolError {
@@ -169,6 +182,8 @@ impl ProtocolError {
                 | ProtocolError::Poisoned { .. }
                 | ProtocolError::Malformed { .. }
                 | ProtocolError::Unexpected { .. }
+                | ProtocolError::NotTheResult { .. }
+                | ProtocolError::Reply { .. }
         )
     }
 }
