@@ -15,7 +15,7 @@ use super::protocol::{
     self, ChannelPolicy, FramedSocket, FromWorker, FromZygote, ProtocolError, ToZygote, ZygoteReady,
 };
 use super::zygote::Shared;
-use super::{cgroup, ExitInfo, SandboxError, Worker};
+use super::{cgroup, reaper, ExitInfo, SandboxError, Worker};
 
 /// Why the zygote did not hand over a worker.
 pub(super) struct ForkRefusal {
@@ -225,7 +225,7 @@ pub(super) async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxErr
     // The group exists before the worker does, so it can be placed in it
     // before it runs a single line of user code.
     let group = if shared.zygote_group.is_some() {
-        Some(
+        Some(Arc::new(
             cgroup::Group::create(
                 &cgroup::sandbox_group_path(&shared.id, &format!("worker-{worker_id}")),
                 cgroup::GroupLimits {
@@ -237,13 +237,14 @@ pub(super) async fn fork_once(shared: &Arc<Shared>) -> Result<Worker, SandboxErr
                 worker_id,
                 detail: e.to_string(),
             })?,
-        )
+        ))
     } else {
         None
     };
-    let cleanup = |group: &Option<cgroup::Group>| {
-        if let Some(g) = group {
-            g.remove();
+    // The group of a worker that never started: removed off the runtime.
+    let cleanup = |group: &Option<Arc<cgroup::Group>>| {
+        if let Some(g) = group.clone() {
+            let _ = reaper::spawn("removing an unused worker cgroup", move || g.remove());
         }
     };
     if let Err(e) = shared

@@ -30,6 +30,7 @@ mod error;
 mod limits;
 mod options;
 mod pidfd;
+mod reaper;
 mod result;
 mod spec;
 mod task;

@@ -42,6 +42,9 @@ pub struct TestHooks {
     /// Extra paths for every worker's own Landlock domain (a path Landlock
     /// refuses makes the worker's scope fail for real).
     pub extra_worker_paths: Vec<String>,
+    /// Hold up the cgroup sweep of worker `.0` for `.1` (what a cgroup v1
+    /// kill of processes that resist may cost), to show it stalls no other cell.
+    pub slow_cgroup_kill: Option<(u64, Duration)>,
 }
 
 impl std::fmt::Debug for TestHooks {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for TestHooks {
         f.debug_struct("TestHooks")
             .field("after_dataset_open", &self.after_dataset_open.is_some())
             .field("extra_worker_paths", &self.extra_worker_paths)
+            .field("slow_cgroup_kill", &self.slow_cgroup_kill)
             .finish()
     }
 }

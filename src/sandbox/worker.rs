@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::pidfd::pidfd_send_signal;
 use super::protocol::{self, FramedSocket, FromWorker, ProtocolError, ScopeStatus, ToWorker};
+use super::reaper;
 use super::zygote::Shared;
 use super::{cgroup, CellResult, CellStatus, ExitInfo, Fault, SandboxError};
 
@@ -29,7 +30,7 @@ pub struct Worker {
     /// Taken right after the hello: every signal goes through it.
     pub(super) pidfd: OwnedFd,
     pub(super) socket: FramedSocket,
-    pub(super) group: Option<cgroup::Group>,
+    pub(super) group: Option<Arc<cgroup::Group>>,
     pub(super) shared: Arc<Shared>,
     pub(super) next_cell: u64,
     pub(super) dead: bool,
@@ -121,7 +122,7 @@ impl Worker {
         let timeout = self.shared.limits.cell_timeout;
         match tokio::time::timeout(timeout, self.socket.recv()).await {
             Err(_) => {
-                self.kill();
+                self.kill_and_sweep().await;
                 let detail = format!(
                     "the cell ran longer than the {} s wall-clock limit; the worker was killed",
                     timeout.as_secs_f64()
@@ -155,10 +156,12 @@ impl Worker {
                 drop(frame);
                 Ok(match checked {
                     Ok(result) => result,
-                    Err(e) => self.violation(cell, started, &e.to_string()),
+                    Err(e) => self.violation(cell, started, &e.to_string()).await,
                 })
             }
-            Ok(Err(e)) if e.is_violation() => Ok(self.violation(cell, started, &e.to_string())),
+            Ok(Err(e)) if e.is_violation() => {
+                Ok(self.violation(cell, started, &e.to_string()).await)
+            }
             Ok(Ok(None)) | Ok(Err(_)) => self.lost(cell, started).await,
         }
     }
@@ -167,8 +170,13 @@ impl Worker {
     /// malformed frame, a reply of the wrong shape, status or cell): it is
     /// hostile. Kill it, log a fault, and report the cell as `crashed` with
     /// error type `ProtocolViolation`; nothing it sent is passed on.
-    pub(super) fn violation(&mut self, cell: u64, started: Instant, detail: &str) -> CellResult {
-        self.kill();
+    pub(super) async fn violation(
+        &mut self,
+        cell: u64,
+        started: Instant,
+        detail: &str,
+    ) -> CellResult {
+        self.kill_and_sweep().await;
         let refused = self.socket.refused_descriptors();
         let detail = if refused > 0 {
             format!("protocol violation: {detail} ({refused} descriptors refused in all)")
@@ -201,7 +209,7 @@ impl Worker {
             .as_ref()
             .map(|g| g.oom_kills() > 0)
             .unwrap_or(false);
-        self.kill();
+        self.kill_and_sweep().await;
         if !oom {
             match exit {
                 Some(ExitInfo {
@@ -348,7 +356,26 @@ impl Worker {
     /// The window left without a cgroup: the zygote may reap the leader
     /// between that check and `killpg`, and the group id be reused in that
     /// instant by an unrelated new group of the same user namespace.
+    ///
+    /// The sweep of its cgroup (which may sleep on cgroup v1) runs on a
+    /// thread of its own, never here: this returns at once. Async code that
+    /// must know the group is empty awaits [`Worker::kill_and_sweep`].
     pub fn kill(&mut self) -> bool {
+        let (there, _sweep) = self.kill_and_start_sweep();
+        there
+    }
+
+    /// [`Worker::kill`], then wait (without blocking the runtime) until its
+    /// cgroup is empty.
+    pub(super) async fn kill_and_sweep(&mut self) -> bool {
+        let (there, sweep) = self.kill_and_start_sweep();
+        if let Some(sweep) = sweep {
+            sweep.wait().await;
+        }
+        there
+    }
+
+    fn kill_and_start_sweep(&mut self) -> (bool, Option<reaper::Done>) {
         self.dead = true;
         // Whatever it sent and we buffered is of no use any more.
         self.socket.release();
@@ -364,10 +391,20 @@ impl Worker {
             }
             let _ = pidfd_send_signal(&self.pidfd, libc::SIGKILL);
         }
-        if let Some(g) = &self.group {
-            g.kill_all();
-        }
-        there
+        let sweep = self.group.clone().map(|group| {
+            let slow = self
+                .shared
+                .slow_cgroup_kill
+                .filter(|(worker, _)| *worker == self.id)
+                .map(|(_, delay)| delay);
+            reaper::spawn("a worker's cgroup sweep", move || {
+                if let Some(delay) = slow {
+                    std::thread::sleep(delay);
+                }
+                group.kill_all();
+            })
+        });
+        (there, sweep)
     }
 }
 
@@ -377,9 +414,9 @@ impl Drop for Worker {
             self.kill();
         }
         if let Some(group) = self.group.take() {
-            // rmdir waits for the zygote to reap the worker; do not block the
-            // async runtime on it.
-            std::thread::spawn(move || group.remove());
+            // rmdir waits for the zygote to reap the worker; never on the
+            // async runtime.
+            let _ = reaper::spawn("removing a worker's cgroup", move || group.remove());
         }
     }
 }

@@ -17,8 +17,8 @@ use super::protocol::{ChannelPolicy, FramedSocket, ToZygote, WorkerLimits, Zygot
 use super::spec::{self, check_image_location, HostView, JailInputs, WorkerSetup};
 use super::unconfined::{unconfined_csv_path, unconfined_spec, unconfined_workdir, UnconfinedDir};
 use super::{
-    cgroup, layers, measure, seccomp, spawn, uids, ExitInfo, Fault, IdLease, IsolationReport,
-    Layer, Limits, SandboxError, SandboxOptions, Task, Worker, WorkerIsolation,
+    cgroup, layers, measure, reaper, seccomp, spawn, uids, ExitInfo, Fault, IdLease,
+    IsolationReport, Layer, Limits, SandboxError, SandboxOptions, Task, Worker, WorkerIsolation,
 };
 
 pub(super) struct Shared {
@@ -36,7 +36,9 @@ pub(super) struct Shared {
     pub(super) refilling: AtomicBool,
     pub(super) faults: Mutex<Vec<Fault>>,
     pub(super) closed: AtomicBool,
-    pub(super) zygote_group: Option<cgroup::Group>,
+    pub(super) zygote_group: Option<Arc<cgroup::Group>>,
+    /// Test hook: the worker whose cgroup sweep is held up, and how long.
+    pub(super) slow_cgroup_kill: Option<(u64, Duration)>,
     pub(super) jail: Mutex<Option<spawn::JailProcess>>,
     /// The private directory of a jail without namespaces.
     pub(super) workdir: Option<UnconfinedDir>,
@@ -97,7 +99,9 @@ impl Sandbox {
         let limits = opts.limits.clone();
 
         let mut report = IsolationReport::default();
-        cgroup::remove_stale_groups();
+        reaper::spawn("removing stale cgroups", cgroup::remove_stale_groups)
+            .wait()
+            .await;
         let zygote_group = match cgroup::Group::create(
             &cgroup::sandbox_group_path(&id, "zygote"),
             cgroup::GroupLimits {
@@ -115,7 +119,7 @@ impl Sandbox {
                         limits.pids
                     ),
                 ));
-                Some(g)
+                Some(Arc::new(g))
             }
             Err(e) => {
                 report.set(Layer::unavailable(
@@ -187,7 +191,7 @@ impl Sandbox {
             &opts.init_program,
             &spec,
             Some(dataset_fd.as_fd()),
-            zygote_group.as_ref(),
+            zygote_group.as_deref(),
             lease.ids,
             opts.startup_timeout,
         )
@@ -195,9 +199,8 @@ impl Sandbox {
         {
             Ok(j) => j,
             Err(e) => {
-                if let Some(g) = &zygote_group {
-                    g.remove();
-                    cgroup::remove_parent(&cgroup::sandbox_parent_path(&id));
+                if zygote_group.is_some() {
+                    remove_groups(zygote_group.clone(), &id).wait().await;
                 }
                 if let Some(dir) = &workdir {
                     dir.remove();
@@ -295,6 +298,7 @@ impl Sandbox {
             faults: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             zygote_group,
+            slow_cgroup_kill: opts.test_hooks.slow_cgroup_kill,
             jail: Mutex::new(Some(jail)),
             workdir,
             allow_degraded: opts.allow_degraded,
@@ -484,13 +488,24 @@ pub(super) async fn shutdown_shared(shared: &Arc<Shared>) {
             let _ = jail.child.wait().await;
         }
     }
-    if let Some(g) = &shared.zygote_group {
-        g.remove();
-    }
-    cgroup::remove_parent(&cgroup::sandbox_parent_path(&shared.id));
+    remove_groups(shared.zygote_group.clone(), &shared.id)
+        .wait()
+        .await;
     if let Some(dir) = &shared.workdir {
         dir.remove();
     }
+}
+
+/// Remove the zygote's group and the sandbox's parent group, on a thread of
+/// their own (see [`reaper`]): `remove` may sleep on cgroup v1.
+fn remove_groups(group: Option<Arc<cgroup::Group>>, id: &str) -> reaper::Done {
+    let parent = cgroup::sandbox_parent_path(id);
+    reaper::spawn("removing a sandbox's cgroups", move || {
+        if let Some(g) = group {
+            g.remove();
+        }
+        cgroup::remove_parent(&parent);
+    })
 }
 
 impl Shared {
@@ -508,10 +523,8 @@ impl Drop for Shared {
         if let Ok(mut j) = self.jail.lock() {
             j.take();
         }
-        if let Some(g) = &self.zygote_group {
-            g.remove();
-        }
-        cgroup::remove_parent(&cgroup::sandbox_parent_path(&self.id));
+        // Possibly on a runtime thread: the removal runs on its own.
+        let _ = remove_groups(self.zygote_group.take(), &self.id);
         if let Some(dir) = &self.workdir {
             dir.remove();
         }
