@@ -19,7 +19,7 @@ pub struct SandboxOptions {
     /// Workers kept pre-forked so a task starts without waiting.
     pub spare_workers: usize,
     /// Give each worker its own uid where the host lends a uid range (a root
-    /// supervisor); `false` forces single-uid mode (see [`uids`]).
+    /// supervisor); `false` forces single-uid mode (see [`uids`](super::uids)).
     pub worker_uids: bool,
     pub startup_timeout: Duration,
     /// Test-only knobs (see [`TestHooks`]); the default changes nothing.

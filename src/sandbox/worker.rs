@@ -97,7 +97,7 @@ impl Worker {
 
     /// Run one cell. Timeouts, OOM kills and crashes come back as a
     /// [`CellResult`] with that status, never as an `Err`; the worker is then
-    /// dead and must be replaced (see [`Task`]).
+    /// dead and must be replaced (see [`Task`](super::Task)).
     pub async fn exec(&mut self, code: &str) -> Result<CellResult, SandboxError> {
         if self.dead {
             return Err(SandboxError::Worker {
@@ -359,7 +359,7 @@ impl Worker {
     ///
     /// The sweep of its cgroup (which may sleep on cgroup v1) runs on a
     /// thread of its own, never here: this returns at once. Async code that
-    /// must know the group is empty awaits [`Worker::kill_and_sweep`].
+    /// must know the group is empty awaits `Worker::kill_and_sweep`.
     pub fn kill(&mut self) -> bool {
         let (there, _sweep) = self.kill_and_start_sweep();
         there
