@@ -2,7 +2,7 @@
 //! workers share with it.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,37 +102,7 @@ impl Sandbox {
         reaper::spawn("removing stale cgroups", cgroup::remove_stale_groups)
             .wait()
             .await;
-        let zygote_group = match cgroup::Group::create(
-            &cgroup::sandbox_group_path(&id, "zygote"),
-            cgroup::GroupLimits {
-                memory_bytes: limits.zygote_memory_bytes,
-                pids: limits.pids.max(64),
-            },
-        ) {
-            Ok(g) => {
-                report.set(Layer::active(
-                    "cgroup_limits",
-                    format!(
-                        "{}; per worker: memory {} MiB, pids {}",
-                        g.describe(),
-                        limits.memory_bytes >> 20,
-                        limits.pids
-                    ),
-                ));
-                Some(Arc::new(g))
-            }
-            Err(e) => {
-                report.set(Layer::unavailable(
-                    "cgroup_limits",
-                    format!(
-                        "{e}; fallback: RLIMIT_AS of {} MiB above the zygote per worker, RLIMIT_NPROC {} per jail",
-                        limits.memory_bytes >> 20,
-                        limits.nproc
-                    ),
-                ));
-                None
-            }
-        };
+        let zygote_group = zygote_cgroup(&id, &limits, &mut report);
         if !opts.allow_degraded && zygote_group.is_none() {
             // Refused before any jail exists: name what is known to be
             // missing, not every layer that was never measured.
@@ -214,12 +184,7 @@ impl Sandbox {
         // The init has its own copy of the dataset's descriptor now.
         drop(dataset_fd);
         let csv_in_jail = match &jail.unconfined {
-            Some(reason) => {
-                for ns in layers::NAMESPACE_LAYERS {
-                    report.set(Layer::unavailable(ns, reason.clone()));
-                }
-                unconfined_csv_path()
-            }
+            Some(_) => unconfined_csv_path(),
             None => {
                 // Not needed: the jail has its own root.
                 if let Some(dir) = &workdir {
@@ -234,45 +199,8 @@ impl Sandbox {
         } else {
             None
         };
-        // The init got this far only because unshare() of all of these
-        // succeeded; `measure` confirms them from inside and outside.
-        for ns in layers::NAMESPACE_LAYERS {
-            if report.get(ns).is_none() {
-                report.set(Layer::active(ns, "created by the jail init"));
-            }
-        }
-        report.worker_isolation = Some(match (&lease.workers, &jail.unconfined) {
-            (Some(_), None) => WorkerIsolation::per_worker_uid(lease.describe()),
-            (_, Some(reason)) => WorkerIsolation::single_uid(format!(
-                "single uid: no user namespace ({reason}); seccomp argument filters and Landlock scoping separate the workers"
-            )),
-            (None, None) => WorkerIsolation::single_uid(lease.describe()),
-        });
-        report.normalize();
-
-        // dup: one descriptor for the reader task, one for senders (tokio
-        // cannot register the same descriptor twice).
-        // try_clone duplicates with FD_CLOEXEC (F_DUPFD_CLOEXEC); a plain
-        // dup(2) would not, and every jail started later by this process
-        // would inherit this one's control socket.
-        let rx_fd = jail
-            .control
-            .try_clone()
-            .map_err(|source| SandboxError::Io {
-                what: "duplicating the control socket".to_string(),
-                source,
-            })?;
-        let control_rx = FramedSocket::new(rx_fd, "control", ChannelPolicy::control())?;
-        let control_tx = FramedSocket::new(
-            jail.control
-                .try_clone()
-                .map_err(|source| SandboxError::Io {
-                    what: "cloning the control socket".to_string(),
-                    source,
-                })?,
-            "control",
-            ChannelPolicy::control(),
-        )?;
+        finish_report(&mut report, jail.unconfined.as_deref(), &lease);
+        let (control_rx, control_tx) = control_sockets(&jail.control)?;
 
         let shared = Arc::new(Shared {
             id: id.clone(),
@@ -448,6 +376,96 @@ impl Sandbox {
     pub async fn shutdown(self) {
         shutdown_shared(&self.shared).await;
     }
+}
+
+/// The zygote's cgroup, and the `cgroup_limits` layer it makes (active, or
+/// unavailable with the fallback the workers get instead).
+fn zygote_cgroup(
+    id: &str,
+    limits: &Limits,
+    report: &mut IsolationReport,
+) -> Option<Arc<cgroup::Group>> {
+    match cgroup::Group::create(
+        &cgroup::sandbox_group_path(id, "zygote"),
+        cgroup::GroupLimits {
+            memory_bytes: limits.zygote_memory_bytes,
+            pids: limits.pids.max(64),
+        },
+    ) {
+        Ok(g) => {
+            report.set(Layer::active(
+                "cgroup_limits",
+                format!(
+                    "{}; per worker: memory {} MiB, pids {}",
+                    g.describe(),
+                    limits.memory_bytes >> 20,
+                    limits.pids
+                ),
+            ));
+            Some(Arc::new(g))
+        }
+        Err(e) => {
+            report.set(Layer::unavailable(
+                "cgroup_limits",
+                format!(
+                    "{e}; fallback: RLIMIT_AS of {} MiB above the zygote per worker, RLIMIT_NPROC {} per jail",
+                    limits.memory_bytes >> 20,
+                    limits.nproc
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// The namespace layers and the workers' isolation, once the init is up:
+/// `unconfined` is why it runs without namespaces, if it does.
+fn finish_report(report: &mut IsolationReport, unconfined: Option<&str>, lease: &IdLease) {
+    if let Some(reason) = unconfined {
+        for ns in layers::NAMESPACE_LAYERS {
+            report.set(Layer::unavailable(ns, reason.to_string()));
+        }
+    }
+    // The init got this far only because unshare() of all of these
+    // succeeded; `measure` confirms them from inside and outside.
+    for ns in layers::NAMESPACE_LAYERS {
+        if report.get(ns).is_none() {
+            report.set(Layer::active(ns, "created by the jail init"));
+        }
+    }
+    report.worker_isolation = Some(match (&lease.workers, unconfined) {
+        (Some(_), None) => WorkerIsolation::per_worker_uid(lease.describe()),
+        (_, Some(reason)) => WorkerIsolation::single_uid(format!(
+            "single uid: no user namespace ({reason}); seccomp argument filters and Landlock scoping separate the workers"
+        )),
+        (None, None) => WorkerIsolation::single_uid(lease.describe()),
+    });
+    report.normalize();
+}
+
+/// Two descriptors of the control socket: one for the reader task, one for
+/// senders (tokio cannot register the same descriptor twice). `try_clone`
+/// duplicates with FD_CLOEXEC (F_DUPFD_CLOEXEC); a plain dup(2) would not,
+/// and every jail started later by this process would inherit this one's
+/// control socket.
+fn control_sockets(control: &OwnedFd) -> Result<(FramedSocket, FramedSocket), SandboxError> {
+    let dup = |what: &str| {
+        control.try_clone().map_err(|source| SandboxError::Io {
+            what: what.to_string(),
+            source,
+        })
+    };
+    let rx = FramedSocket::new(
+        dup("duplicating the control socket")?,
+        "control",
+        ChannelPolicy::control(),
+    )?;
+    let tx = FramedSocket::new(
+        dup("cloning the control socket")?,
+        "control",
+        ChannelPolicy::control(),
+    )?;
+    Ok((rx, tx))
 }
 
 /// Why user namespaces cannot be created here, when the host says so plainly
