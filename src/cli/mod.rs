@@ -93,7 +93,13 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    crate::sandbox::set_log_level(&std::env::var(crate::config::ENV_LOG).unwrap_or_default());
+    // The jail's events on stderr (CSV_AGENT_LOG); `run` adds the log files.
+    {
+        use tracing_subscriber::prelude::*;
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(crate::logs::StderrLogs::from_env()),
+        );
+    }
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

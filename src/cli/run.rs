@@ -526,7 +526,10 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let logs = DatasetLogs::new(out.join(LOGS_DIR))
         .with_context(|| format!("creating {}", out.join(LOGS_DIR).display()))?;
-    let _guard = tracing_subscriber::registry().with(logs).set_default();
+    let _guard = tracing_subscriber::registry()
+        .with(logs)
+        .with(crate::logs::StderrLogs::from_env())
+        .set_default();
     eprintln!(
         "csv-agent: {} dataset(s), {} at a time, output in {}",
         settings.datasets.len() + settings.unusable.len(),
