@@ -155,6 +155,8 @@ class ZygoteProcess:
             "threads": 1,
         }
         settings.update(config)
+        if settings.get("worker_scope") and "worker_landlock" not in settings:
+            settings["worker_landlock"] = WORKER_LANDLOCK
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-B", str(ZYGOTE), json.dumps(settings)],
@@ -229,6 +231,12 @@ def write_csv(directory: str, name: str, content: bytes) -> str:
 
 
 COMMA_CSV = b"city,population,area\nOslo,709000,454.0\nLima,10719000,2672.3\nQuito,2011000,372.4\n"
+
+
+# The per-worker Landlock rights for this kernel, computed by the Rust side
+# (landlock::worker_rights_here) and passed in by tests/zygote_py.rs: the
+# zygote keeps no table of rights, so its tests do not either.
+WORKER_LANDLOCK: Optional[dict[str, int]] = json.loads(os.environ.get("CSV_AGENT_TEST_WORKER_LANDLOCK", "null"))
 
 
 def landlock_abi() -> int:
@@ -685,7 +693,10 @@ class CellTests(ZygoteTestCase):
         self.assertEqual(self.ok(worker, code)["result"], "[1, 4, 9]")
 
 
-@unittest.skipUnless(landlock_abi() >= 6, "needs Landlock ABI 6 (scopes)")
+@unittest.skipUnless(
+    landlock_abi() >= 6 and WORKER_LANDLOCK is not None,
+    "needs Landlock ABI 6 (scopes) and the rights from tests/zygote_py.rs",
+)
 class ScopeTests(ZygoteTestCase):
     config = {"worker_scope": True}
 
@@ -703,6 +714,32 @@ class ScopeTests(ZygoteTestCase):
         code = "import subprocess, signal\nchild = subprocess.Popen(['sleep', '30'])\nchild.send_signal(signal.SIGTERM)\nchild.wait()"
         self.assertEqual(self.ok(worker, code)["result"], str(-signal.SIGTERM))
         self.assertEqual(self.ok(sibling, "1")["result"], "1")
+
+
+class LandlockConfigTests(unittest.TestCase):
+    """The per-worker Landlock rights are the supervisor's numbers, checked."""
+
+    RIGHTS = {"abi": 7, "handled_fs": 0xFFFF, "file_rights": 0xC007, "scoped": 3}
+
+    def config(self, rights: Any) -> Any:
+        return zygote.parse_config(["zygote.py", json.dumps({"csv": "x.csv", "worker_landlock": rights})])
+
+    def test_rights_come_from_the_config_and_are_checked(self) -> None:
+        self.assertEqual(self.config(self.RIGHTS).worker_landlock, zygote.LandlockRights(**self.RIGHTS))
+        self.assertIsNone(self.config(None).worker_landlock)
+        for bad in (
+            {**self.RIGHTS, "scoped": -1},
+            {**self.RIGHTS, "handled_fs": True},
+            {**self.RIGHTS, "file_rights": 1 << 20},
+            {"abi": 7},
+            [1, 2, 3, 4],
+        ):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                self.config(bad)
+
+    def test_without_rights_the_domain_is_not_applied_and_says_why(self) -> None:
+        scope = zygote.apply_landlock_scope(None, "landlock is not available: ENOSYS")
+        self.assertEqual(scope, {"applied": False, "abi": None, "error": "landlock is not available: ENOSYS"})
 
 
 class FreshZygoteTests(unittest.TestCase):

@@ -113,12 +113,11 @@ CAP_LAST_POSSIBLE = 63
 # Exit status of a worker that could not be set up (it never ran user code).
 EXIT_WORKER_SETUP = 71
 # Landlock syscalls have the same numbers on every architecture (asm-generic).
+# The access rights are not kept here: the supervisor computes them for the
+# kernel's ABI (src/sandbox/landlock.rs, `WorkerRights`) and hands them over
+# in the configuration ("worker_landlock").
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_RESTRICT_SELF = 446
-LANDLOCK_CREATE_RULESET_VERSION = 1
-LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1
-LANDLOCK_SCOPE_SIGNAL = 2
-LANDLOCK_FIRST_ABI_WITH_SCOPES = 6
 
 # Frames from this file are cut from the tracebacks shown to the model.
 _THIS_FILE = __file__
@@ -375,6 +374,19 @@ def answer_hash(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class LandlockRights:
+    """struct landlock_ruleset_attr's numbers for one ABI, as the supervisor
+    computed them (the landlock crate's sets): handled_fs for the ruleset and
+    a directory rule, file_rights for a rule on a file, scoped for signals
+    and abstract unix sockets."""
+
+    abi: int
+    handled_fs: int
+    file_rights: int
+    scoped: int
+
+
+@dataclass(frozen=True)
 class Config:
     csv: str
     control_fd: int = 3
@@ -386,6 +398,11 @@ class Config:
     # What the worker's domain allows (all access rights, still bounded by the
     # jail's own domain): the jail's Landlock paths minus the scratch root.
     worker_paths: tuple[str, ...] = ()
+    # The rights of each worker's own Landlock domain, computed by the
+    # supervisor for the kernel's ABI; None (with the supervisor's reason in
+    # worker_landlock_error) when this host has no usable Landlock.
+    worker_landlock: Optional[LandlockRights] = None
+    worker_landlock_error: Optional[str] = None
     threads: int = 1
     # Per-worker uids: (first, count) of the ids inside the jail that workers
     # switch to, one each while it lives; None when every worker keeps the
@@ -420,6 +437,8 @@ def parse_config(argv: list[str]) -> Config:
         worker_scope=raw.get("worker_scope", False),
         private_tmp=raw.get("private_tmp", False),
         worker_paths=tuple(raw.get("worker_paths", ())),
+        worker_landlock=_parse_worker_landlock(raw.get("worker_landlock")),
+        worker_landlock_error=raw.get("worker_landlock_error"),
         threads=raw.get("threads", 1),
         worker_ids=_parse_worker_ids(raw.get("worker_ids")),
         **_parse_worker_filter(raw.get("worker_filter")),
@@ -435,6 +454,8 @@ def parse_config(argv: list[str]) -> Config:
             raise ValueError(f"config \"{name}\" must be a non-negative integer, got {number!r}")
     if config.threads < 1 or config.max_output < 1 or config.max_frame < 1:
         raise ValueError("config \"threads\", \"max_output\" and \"max_frame\" must be at least 1")
+    if config.worker_landlock_error is not None and not isinstance(config.worker_landlock_error, str):
+        raise ValueError("config \"worker_landlock_error\" must be a string")
     if not isinstance(config.worker_scope, bool):
         raise ValueError(f"config \"worker_scope\" must be a boolean, got {config.worker_scope!r}")
     return config
@@ -450,6 +471,22 @@ def _parse_worker_ids(raw: Any) -> Optional[tuple[int, int]]:
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise ValueError(f"config \"worker_ids.{name}\" must be a positive integer, got {number!r}")
     return (first, count)
+
+
+def _parse_worker_landlock(raw: Any) -> Optional[LandlockRights]:
+    if raw is None:
+        return None
+    fields = ("abi", "handled_fs", "file_rights", "scoped")
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise ValueError(f"config \"worker_landlock\" must be an object with exactly {', '.join(fields)}")
+    for name in fields:
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"config \"worker_landlock.{name}\" must be an unsigned 64-bit integer, got {value!r}")
+    rights = LandlockRights(**{name: raw[name] for name in fields})
+    if rights.file_rights & ~rights.handled_fs:
+        raise ValueError("config \"worker_landlock.file_rights\" must be a subset of handled_fs")
+    return rights
 
 
 def _parse_worker_filter(raw: Any) -> dict[str, Any]:
@@ -568,6 +605,35 @@ def load_csv(path: str) -> tuple[Any, str, str]:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head.strip():
         raise LoadError(f"{path} is empty")
+    if head.startswith(b"SQLite format 3\x00"):
+        # The typed store of an imported workbook, Parquet, JSON or SQLite
+        # file (src/datasets/import/table.rs): one table `data` whose
+        # declared column types give the dtypes back. Opened read-only and
+        # immutable: no journal or lock file next to a read-only mount.
+        import sqlite3
+        import urllib.parse
+
+        try:
+            con = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
+            try:
+                declared = {row[1]: (row[2] or "").upper() for row in con.execute("PRAGMA table_info(data)")}
+                frame = pd.read_sql_query("SELECT * FROM data", con)
+            finally:
+                con.close()
+            for name, kind in declared.items():
+                column = frame[name]
+                missing = bool(column.isna().any())
+                if kind == "INTEGER":
+                    frame[name] = column.astype("Int64" if missing else "int64")
+                elif kind == "REAL":
+                    frame[name] = column.astype("float64")
+                elif kind == "BOOLEAN":
+                    frame[name] = column.astype("boolean" if missing else "bool")
+                elif kind in ("DATE", "TIMESTAMP"):
+                    frame[name] = pd.to_datetime(column, format="ISO8601")
+        except Exception as exc:  # sqlite3 and pandas raise many types
+            raise LoadError(f"cannot read the typed dataset {path}: {type(exc).__name__}: {exc}") from None
+        return frame, "sqlite", "utf-8"
     complete = len(head) <= SNIFF_BYTES
     wide = wide_encoding(head)
     if wide is None and b"\x00" in head:
@@ -1358,20 +1424,6 @@ class _LandlockPathBeneathAttr(ctypes.Structure):
 
 SYS_LANDLOCK_ADD_RULE = 445
 LANDLOCK_RULE_PATH_BENEATH = 1
-# Rights that apply to files (the rest only make sense on directories).
-LANDLOCK_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
-
-
-def landlock_fs_rights(abi: int) -> int:
-    """Every filesystem right the kernel's ABI knows (linux/landlock.h)."""
-    rights = (1 << 13) - 1  # ABI 1: EXECUTE .. MAKE_SYM
-    if abi >= 2:
-        rights |= 1 << 13  # REFER
-    if abi >= 3:
-        rights |= 1 << 14  # TRUNCATE
-    if abi >= 5:
-        rights |= 1 << 15  # IOCTL_DEV
-    return rights
 
 
 def task_scratch_dir(scratch_root: str, worker_id: int) -> str:
@@ -1388,41 +1440,36 @@ def enter_private_scratch(directory: str) -> None:
     os.chdir(directory)
 
 
-def apply_landlock_scope(allowed_paths: tuple[str, ...] | None = None) -> dict[str, Any]:
+def apply_landlock_scope(
+    rights: Optional[LandlockRights],
+    unavailable: Optional[str] = None,
+    allowed_paths: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Enter a fresh Landlock domain that scopes signals and abstract unix
     sockets: the worker can then signal only itself and its descendants, never
     the zygote or a sibling worker. Landlock also forbids ptrace-style access
     (/proc/<pid>/mem) across domains.
 
-    With `allowed_paths` the domain also handles every filesystem right and
-    allows them only beneath those paths (the jail's own domain still bounds
-    them): that is how a worker loses sight of its siblings' scratch
+    `rights` are the supervisor's numbers for the kernel's ABI (None, with its
+    reason in `unavailable`, when the host has no usable Landlock). With
+    `allowed_paths` the domain also handles every filesystem right of that
+    ABI and allows them only beneath those paths (the jail's own domain still
+    bounds them): that is how a worker loses sight of its siblings' scratch
     directories.
     """
+    if rights is None:
+        reason = unavailable or "the configuration carries no Landlock rights"
+        return {"applied": False, "abi": None, "error": reason}
     libc = _libc()
-    abi = libc.syscall(
-        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
-        None,
-        ctypes.c_size_t(0),
-        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
-    )
-    if abi < 0:
-        error = ctypes.get_errno()
-        return {"applied": False, "abi": None, "error": f"landlock unavailable: {os.strerror(error)} (errno {error})"}
-    if abi < LANDLOCK_FIRST_ABI_WITH_SCOPES:
-        return {
-            "applied": False,
-            "abi": abi,
-            "error": f"landlock ABI {abi} has no scopes (needs {LANDLOCK_FIRST_ABI_WITH_SCOPES})",
-        }
+    abi = rights.abi
     try:
         # Required by landlock_restrict_self without CAP_SYS_ADMIN; already set
         # inside the jail, set here so the scope also works outside it.
         prctl(PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
         return {"applied": False, "abi": abi, "error": str(exc)}
-    handled_fs = landlock_fs_rights(abi) if allowed_paths is not None else 0
-    attr = _LandlockRulesetAttr(handled_fs, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+    handled_fs = rights.handled_fs if allowed_paths is not None else 0
+    attr = _LandlockRulesetAttr(handled_fs, 0, rights.scoped)
     ruleset_fd = libc.syscall(
         ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
         ctypes.byref(attr),
@@ -1440,8 +1487,8 @@ def apply_landlock_scope(allowed_paths: tuple[str, ...] | None = None) -> dict[s
                 continue  # an optional path this host does not have
             try:
                 is_dir = stat_module.S_ISDIR(os.fstat(path_fd).st_mode)
-                rights = handled_fs if is_dir else handled_fs & LANDLOCK_FILE_RIGHTS
-                rule = _LandlockPathBeneathAttr(rights, path_fd)
+                allowed = handled_fs if is_dir else handled_fs & rights.file_rights
+                rule = _LandlockPathBeneathAttr(allowed, path_fd)
                 added = libc.syscall(
                     ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
                     ctypes.c_int(ruleset_fd),
@@ -1899,11 +1946,15 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
         scratch = task_scratch_dir(zygote.scratch_root, worker_id)
         try:
             enter_private_scratch(scratch)
-            scope = apply_landlock_scope(zygote.config.worker_paths + (scratch,))
+            scope = apply_landlock_scope(
+                zygote.config.worker_landlock,
+                zygote.config.worker_landlock_error,
+                zygote.config.worker_paths + (scratch,),
+            )
         except OSError as exc:
             scope = {"applied": False, "abi": None, "error": f"private scratch directory {scratch}: {exc}"}
     elif zygote.config.worker_scope:
-        scope = apply_landlock_scope()
+        scope = apply_landlock_scope(zygote.config.worker_landlock, zygote.config.worker_landlock_error)
     else:
         scope = {"applied": False, "abi": None, "error": None}
     # 6. The worker's own seccomp filter: pids of other processes are refused.

@@ -9,8 +9,15 @@ pub const ENV_CACHE_DIR: &str = "CSV_AGENT_CACHE_DIR";
 pub const ENV_PYTHON: &str = "CSV_AGENT_PYTHON";
 /// A ready image folder to use as is, instead of locating or building one.
 pub const ENV_IMAGE: &str = "CSV_AGENT_IMAGE";
-/// The dataset registry directory (default `./datasets`).
+/// The dataset registry directory (default `./datasets`, else the bundled datasets).
 pub const ENV_DATASETS: &str = "CSV_AGENT_DATASETS";
+/// Kaggle's API base URL for `datasets add kaggle:…` (default `https://www.kaggle.com`).
+pub const ENV_KAGGLE_URL: &str = "CSV_AGENT_KAGGLE_URL";
+/// Kaggle credentials, as the `kaggle` tool reads them (never logged).
+pub const ENV_KAGGLE_USERNAME: &str = "KAGGLE_USERNAME";
+pub const ENV_KAGGLE_KEY: &str = "KAGGLE_KEY";
+/// Where `kaggle.json` lives (default `~/.kaggle`).
+pub const ENV_KAGGLE_CONFIG_DIR: &str = "KAGGLE_CONFIG_DIR";
 /// Log verbosity of the supervisor (`error`, `warn`, `info`, `debug`).
 pub const ENV_LOG: &str = "CSV_AGENT_LOG";
 /// The bearer token `csv-agent serve --listen` requires on loopback TCP

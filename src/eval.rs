@@ -125,7 +125,7 @@ pub fn plan(episodes: Vec<Episode>, limit: Option<usize>, datasets: Option<&Path
         }
         kept += 1;
         let csv = match datasets {
-            Some(root) => root.join(&e.dataset).join("data.csv"),
+            Some(root) => crate::datasets::data_file(&root.join(&e.dataset)),
             None => PathBuf::from(&e.csv_source),
         };
         let key = (csv, e.question.dataset_hash.clone());

@@ -1,7 +1,10 @@
-//! Per-dataset log files: a `tracing` layer that writes each event to
-//! `<dir>/<dataset>.log`, where the dataset is the `dataset` field of the
-//! nearest enclosing span (the pipeline opens one per dataset); events
-//! outside any dataset go to `<dir>/run.log`.
+//! Where events go. [`DatasetLogs`]: a `tracing` layer that writes each
+//! event to `<dir>/<dataset>.log`, where the dataset is the `dataset` field
+//! of the nearest enclosing span (the pipeline opens one per dataset);
+//! events outside any dataset go to `<dir>/run.log`. [`StderrLogs`]: the
+//! jail's events (`csv_agent::sandbox…`) on stderr at the level
+//! `CSV_AGENT_LOG` names, written with the progress bars suspended
+//! ([`draw_above`]) so a warning never garbles them.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -10,9 +13,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use indicatif::MultiProgress;
+
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -114,6 +120,91 @@ where
     }
 }
 
+/// The target prefix of the jail's events: what [`StderrLogs`] shows.
+pub const SANDBOX_TARGET: &str = "csv_agent::sandbox";
+
+/// The progress bars on screen, if any: stderr lines are written above them.
+static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Write stderr log lines above these bars (with them suspended) from now
+/// on; `None` when they are gone.
+pub fn draw_above(bars: Option<MultiProgress>) {
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = bars;
+}
+
+/// Write one whole line to stderr, with the progress bars (if any) suspended
+/// while it is written, so it lands above them instead of through them.
+pub fn eprint_line(line: &str) {
+    let bars = BARS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let write = || {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    };
+    match bars {
+        Some(bars) => bars.suspend(write),
+        None => write(),
+    }
+}
+
+/// The stderr level for a `CSV_AGENT_LOG` value: `error`, `warn` (the
+/// default, and whatever else it says), `info`, `debug` or `trace`.
+pub fn stderr_level(name: &str) -> LevelFilter {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "error" => LevelFilter::ERROR,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        _ => LevelFilter::WARN,
+    }
+}
+
+/// The jail's events on stderr, as `csv-agent: warn: [dataset] message`:
+/// only events whose target is under [`SANDBOX_TARGET`], at `level` or
+/// more severe. (The pipeline's own events go to the log files only; the
+/// CLI reports progress and results itself.)
+pub struct StderrLogs {
+    level: LevelFilter,
+}
+
+impl StderrLogs {
+    pub fn new(level: LevelFilter) -> StderrLogs {
+        StderrLogs { level }
+    }
+
+    /// At the level `CSV_AGENT_LOG` names (warn when unset).
+    pub fn from_env() -> StderrLogs {
+        StderrLogs::new(stderr_level(
+            &std::env::var(crate::config::ENV_LOG).unwrap_or_default(),
+        ))
+    }
+
+    fn shows(&self, target: &str, level: &Level) -> bool {
+        target.starts_with(SANDBOX_TARGET) && self.level >= *level
+    }
+}
+
+impl<S> Layer<S> for StderrLogs
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !self.shows(meta.target(), meta.level()) {
+            return;
+        }
+        let dataset = ctx.event_scope(event).and_then(|scope| {
+            scope
+                .from_root()
+                .filter_map(|span| span.extensions().get::<DatasetName>().map(|d| d.0.clone()))
+                .last()
+        });
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let tag = meta.level().as_str().to_ascii_lowercase();
+        let place = dataset.map(|d| format!("[{d}] ")).unwrap_or_default();
+        eprint_line(&format!("csv-agent: {tag}: {place}{}\n", fields.message));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +227,18 @@ mod tests {
         assert!(penguins.contains("WARN  three of them n=3"), "{penguins}");
         let run = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
         assert!(run.contains("outside"));
+    }
+
+    #[test]
+    fn stderr_shows_the_jail_events_at_the_chosen_level_only() {
+        let warn = StderrLogs::new(stderr_level(""));
+        assert!(warn.shows("csv_agent::sandbox::worker", &Level::WARN));
+        assert!(warn.shows("csv_agent::sandbox::jail", &Level::ERROR));
+        assert!(!warn.shows("csv_agent::sandbox::jail", &Level::DEBUG));
+        assert!(!warn.shows("csv_agent::pipeline", &Level::WARN));
+        let debug = StderrLogs::new(stderr_level(" Debug "));
+        assert!(debug.shows("csv_agent::sandbox::jail", &Level::DEBUG));
+        assert_eq!(stderr_level("error"), LevelFilter::ERROR);
+        assert_eq!(stderr_level("nonsense"), LevelFilter::WARN);
     }
 }

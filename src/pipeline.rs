@@ -49,6 +49,7 @@ use crate::questions::{self as question_catalog, Template};
 use crate::sandbox::{Image, LimitChoice, Limits, SandboxError, SandboxOptions};
 use crate::schema::{Question, Usage};
 use crate::serve::source::TaskSource;
+use crate::shards::{RunIdentity, RunRecord};
 use crate::store::{
     self, DatasetRow, DatasetStatus, EpisodeLog, Manifest, OutputLock, QuestionRow, QuestionStatus,
     StoreError, EPISODES_FILE, MANIFEST_FILE,
@@ -63,6 +64,8 @@ pub enum PipelineError {
     Template(#[from] question_catalog::TemplateError),
     #[error("nothing to run: {0}")]
     Nothing(String),
+    #[error(transparent)]
+    Record(#[from] crate::shards::ShardError),
 }
 
 /// Why a dataset failed as a whole. Its text is the reason written to the
@@ -361,6 +364,9 @@ pub async fn run(
         store::clear_outputs(&settings.out)?;
     }
     let (catalog, catalog_hash) = question_catalog::catalog_with(settings.templates.as_deref())?;
+    // run.json: which run this output belongs to (shard sets), `running` until the end.
+    let identity = RunIdentity::of(&settings, &catalog_hash, teacher.name(), teacher.settings());
+    let record = RunRecord::start(&settings.out, identity, settings.shard)?;
     // Opening reads the whole episodes file (repair, ids, reconcile): on
     // the blocking pool, like every other file access of the run.
     let out = settings.out.clone();
@@ -461,6 +467,10 @@ pub async fn run(
         .blocking(move |_, _| write_summary(&out, &summary).map(|()| summary))
         .await
         .map_err(PipelineError::from)
+        .and_then(|summary| {
+            record.finish(&shared.settings.out, summary.exit_code())?;
+            Ok(summary)
+        })
 }
 
 async fn run_dataset(shared: &Shared, dataset: &Dataset) -> DatasetSummary {

@@ -360,13 +360,16 @@ fn datasets_list_show_and_add_through_the_cli() {
         (Some(2), Some(2))
     );
     assert_eq!(meta["description"], "sales");
-    // The same slug again is refused; nothing changes.
+    // The same slug again, asked for by --slug, is refused; nothing changes
+    // (without --slug the derived slug is made unique: tests/import.rs).
     let out = csv_agent(&[
         "datasets",
         "--datasets",
         &reg,
         "add",
         good.to_str().unwrap_or_default(),
+        "--slug",
+        "sales-2024",
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--slug"), "{}", stderr(&out));

@@ -6,11 +6,14 @@ mod doctor;
 mod eval;
 mod export;
 mod image;
+mod merge;
 mod progress;
+mod report;
 mod results;
 mod run;
 mod sandbox;
 mod serve;
+mod table;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -47,8 +50,12 @@ enum Command {
     Status(results::StatusArgs),
     /// Look at episodes, questions, or one trace.
     Inspect(results::InspectArgs),
-    /// Join the outputs of shard runs, dropping duplicates.
-    Merge(results::MergeArgs),
+    /// Write DIR/report.html: charts of a run and an episode browser, one
+    /// static file.
+    Report(report::ReportArgs),
+    /// Join the shards of one run into one output (refuses shards of
+    /// different runs); `--check` lists missing or unfinished shards.
+    Merge(merge::MergeArgs),
     /// Turn episodes into training data: sft, sft-tools, sft-interleaved,
     /// prm, orm, dpo, kto or rl (JSON Lines for TRL or OpenAI).
     Export(export::ExportArgs),
@@ -90,7 +97,13 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    crate::sandbox::set_log_level(&std::env::var(crate::config::ENV_LOG).unwrap_or_default());
+    // The jail's events on stderr (CSV_AGENT_LOG); `run` adds the log files.
+    {
+        use tracing_subscriber::prelude::*;
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(crate::logs::StderrLogs::from_env()),
+        );
+    }
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,7 +128,8 @@ pub fn main() -> i32 {
                 Command::Validate(args) => validate::run(args).await,
                 Command::Status(args) => results::status(args),
                 Command::Inspect(args) => results::inspect(args),
-                Command::Merge(args) => results::merge(args),
+                Command::Report(args) => report::run(args),
+                Command::Merge(args) => merge::run(args),
                 Command::Export(args) => export::export(args),
                 Command::Split(args) => export::split(args),
                 Command::Eval(args) => eval::run(args).await,

@@ -40,6 +40,8 @@ impl Bars {
             .progress_chars("=> "),
         );
         total.set_prefix("total");
+        // Log lines on stderr are written above the bars from now on.
+        crate::logs::draw_above(Some(multi.clone()));
         Bars {
             multi,
             total,
@@ -94,6 +96,12 @@ impl Reporter for Bars {
                     .println(format!("{:>16} {line}", summary.dataset));
             }
         }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        crate::logs::draw_above(None);
     }
 }
 

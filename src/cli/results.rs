@@ -1,20 +1,18 @@
 //! Reading what runs left behind: `csv-agent status` (what is done, what
-//! failed and why), `csv-agent inspect episodes|questions|trace ID` (one
-//! episode rendered for a person) and `csv-agent merge DIR... --out DIR`
-//! (shard outputs joined, duplicates dropped by id).
+//! failed and why) and `csv-agent inspect episodes|questions|trace ID` (one
+//! episode rendered for a person). `merge` is in merge.rs.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::pipeline::{self, dataset_summary, episode_row, RunSummary};
+use crate::pipeline::{dataset_summary, RunSummary};
 use crate::schema::{Episode, Question, Trace};
 use crate::store::{
-    self, DatasetRow, DatasetStatus, Manifest, OutputLock, QuestionStatus, EPISODES_FILE,
-    MANIFEST_FILE, QUESTIONS_DIR, SUMMARY_FILE,
+    self, DatasetRow, DatasetStatus, Manifest, EPISODES_FILE, MANIFEST_FILE, QUESTIONS_DIR,
+    SUMMARY_FILE,
 };
 
 #[derive(Debug, Args)]
@@ -55,16 +53,6 @@ enum InspectWhat {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct MergeArgs {
-    /// Output directories of shard runs.
-    #[arg(required = true)]
-    dirs: Vec<PathBuf>,
-    /// Where the merged output goes.
-    #[arg(long)]
-    out: PathBuf,
-}
-
 fn open_manifest(out: &Path) -> Result<Manifest> {
     let path = out.join(MANIFEST_FILE);
     if !path.is_file() {
@@ -77,7 +65,7 @@ fn open_manifest(out: &Path) -> Result<Manifest> {
     Ok(Manifest::open(&path)?)
 }
 
-fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
+pub(super) fn summary_of(manifest: &Manifest, out: &Path) -> Result<RunSummary> {
     let datasets: Vec<_> = manifest
         .datasets()?
         .iter()
@@ -196,51 +184,51 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
             unverified,
         } => {
             let episodes = episodes_of(&args.out)?;
-            let _ = writeln!(
-                text,
-                "{:<16} {:<16} {:<34} {:<9} {:<8} answer",
-                "episode", "dataset", "template", "level", "verified"
-            );
+            let mut table = super::table::new(&[
+                "episode", "dataset", "template", "level", "verified", "answer",
+            ]);
             for e in episodes.iter().filter(|e| {
                 dataset.as_ref().is_none_or(|d| &e.dataset == d) && !(unverified && e.verified)
             }) {
-                let _ = writeln!(
-                    text,
-                    "{:<16} {:<16} {:<34} {:<9} {:<8} {}",
-                    e.episode_id,
-                    e.dataset,
-                    e.question.template_name.as_deref().unwrap_or("-"),
-                    e.question.difficulty.as_str(),
-                    if e.verified { "yes" } else { "NO" },
+                table.add_row(vec![
+                    e.episode_id.clone(),
+                    e.dataset.clone(),
+                    e.question
+                        .template_name
+                        .as_deref()
+                        .unwrap_or("-")
+                        .to_string(),
+                    e.question.difficulty.as_str().to_string(),
+                    if e.verified { "yes" } else { "NO" }.to_string(),
                     e.gold_trace
                         .final_answer
                         .as_ref()
                         .map(|a| short(a, 60))
-                        .unwrap_or_else(|| "-".into())
-                );
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            for line in super::table::lines(&table) {
+                let _ = writeln!(text, "{line}");
             }
         }
         InspectWhat::Questions { dataset } => {
             let questions = questions_of(&args.out)?;
-            let _ = writeln!(
-                text,
-                "{:<16} {:<16} {:<34} {:<9} question",
-                "id", "dataset", "template", "level"
-            );
+            let mut table = super::table::new(&["id", "dataset", "template", "level", "question"]);
             for q in questions
                 .iter()
                 .filter(|q| dataset.as_ref().is_none_or(|d| &q.dataset == d))
             {
                 let shown: String = q.question_text.chars().take(90).collect();
-                let _ = writeln!(
-                    text,
-                    "{:<16} {:<16} {:<34} {:<9} {}",
-                    q.id,
-                    q.dataset,
-                    q.template_name.as_deref().unwrap_or("-"),
-                    q.difficulty.as_str(),
-                    shown
-                );
+                table.add_row(vec![
+                    q.id.clone(),
+                    q.dataset.clone(),
+                    q.template_name.as_deref().unwrap_or("-").to_string(),
+                    q.difficulty.as_str().to_string(),
+                    shown,
+                ]);
+            }
+            for line in super::table::lines(&table) {
+                let _ = writeln!(text, "{line}");
             }
         }
         InspectWhat::Trace { id } => {
@@ -378,116 +366,4 @@ fn render_trace(title: &str, t: &Trace) -> String {
             .unwrap_or_else(|| "-".into())
     );
     s
-}
-
-pub fn merge(args: MergeArgs) -> Result<i32> {
-    for d in &args.dirs {
-        if !d.join(EPISODES_FILE).is_file() && !d.join(MANIFEST_FILE).is_file() {
-            bail!(
-                "{} is not a run's output directory (no {EPISODES_FILE})",
-                d.display()
-            );
-        }
-        if d.canonicalize().ok() == args.out.canonicalize().ok() {
-            bail!(
-                "--out {} is also an input; merge into a new directory",
-                args.out.display()
-            );
-        }
-    }
-    let _lock = OutputLock::acquire(&args.out)?;
-    store::clear_outputs(&args.out)?;
-    // Episodes: first copy of each id wins.
-    let mut seen = HashSet::new();
-    let mut episodes: Vec<Episode> = Vec::new();
-    let mut duplicates = 0;
-    for d in &args.dirs {
-        for e in store::read_jsonl::<Episode>(&d.join(EPISODES_FILE))? {
-            if seen.insert(e.episode_id.clone()) {
-                episodes.push(e);
-            } else {
-                duplicates += 1;
-            }
-        }
-    }
-    episodes.sort_by(|a, b| (&a.dataset, &a.question.id).cmp(&(&b.dataset, &b.question.id)));
-    store::write_jsonl_atomic(&args.out.join(EPISODES_FILE), &episodes)?;
-    // Questions, per dataset file.
-    let mut questions: BTreeMap<String, Vec<Question>> = BTreeMap::new();
-    for d in &args.dirs {
-        let Ok(entries) = std::fs::read_dir(d.join(QUESTIONS_DIR)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|x| x == "jsonl") {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                questions
-                    .entry(name)
-                    .or_default()
-                    .extend(store::read_jsonl::<Question>(&path)?);
-            }
-        }
-    }
-    let mut question_counts: BTreeMap<String, u64> = BTreeMap::new();
-    for (name, mut qs) in questions {
-        let mut ids = HashSet::new();
-        qs.retain(|q| ids.insert(q.id.clone()));
-        qs.sort_by(|a, b| a.id.cmp(&b.id));
-        if let Some(q) = qs.first() {
-            question_counts.insert(q.dataset.clone(), qs.len() as u64);
-        }
-        store::write_jsonl_atomic(&args.out.join(QUESTIONS_DIR).join(name), &qs)?;
-    }
-    // Manifest: episodes are the truth; failures and dataset rows come from
-    // the shards' manifests.
-    let manifest = Manifest::open(&args.out.join(MANIFEST_FILE))?;
-    for e in &episodes {
-        manifest.record_question(&episode_row(e))?;
-    }
-    let mut datasets: BTreeMap<String, DatasetRow> = BTreeMap::new();
-    for d in &args.dirs {
-        let path = d.join(MANIFEST_FILE);
-        if !path.is_file() {
-            continue;
-        }
-        let shard = Manifest::open(&path)?;
-        for q in shard.questions()? {
-            if q.status == QuestionStatus::Failed && manifest.question(&q.fingerprint)?.is_none() {
-                manifest.record_question(&q)?;
-            }
-        }
-        for row in shard.datasets()? {
-            let merged = datasets
-                .entry(row.slug.clone())
-                .or_insert_with(|| DatasetRow {
-                    status: DatasetStatus::Done,
-                    n_questions: 0,
-                    elapsed: 0.0,
-                    ..row.clone()
-                });
-            if row.status != DatasetStatus::Done {
-                merged.status = row.status;
-                merged.reason = row.reason.clone().or(merged.reason.take());
-            }
-            merged.elapsed += row.elapsed;
-        }
-    }
-    for (slug, mut row) in datasets {
-        row.n_questions = question_counts.get(&slug).copied().unwrap_or(0);
-        row.questions_key = None;
-        manifest.record_dataset(&row)?;
-    }
-    let mut summary = summary_of(&manifest, &args.out)?;
-    summary.shard = None;
-    pipeline::write_summary(&args.out, &summary)?;
-    super::run::print_summary(&summary, false);
-    println!(
-        "\nmerged {} directories: {} episodes ({} duplicates dropped) into {}",
-        args.dirs.len(),
-        episodes.len(),
-        duplicates,
-        args.out.display()
-    );
-    Ok(summary.exit_code())
 }

@@ -382,7 +382,7 @@ async fn settings(
 ) -> Result<RunSettings> {
     let file = crate::config::load_file(crate::config::config_path(config).as_deref())?;
     let limits = select.limits.resolve(&file)?;
-    let root = super::datasets::registry_dir(select.datasets);
+    let root = super::datasets::registry_dir(select.datasets)?;
     let registry = Registry::open(&root)?;
     let mut entries = registry.entries()?;
     if !select.only.is_empty() {
@@ -532,7 +532,10 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let logs = DatasetLogs::new(out.join(LOGS_DIR))
         .with_context(|| format!("creating {}", out.join(LOGS_DIR).display()))?;
-    let _guard = tracing_subscriber::registry().with(logs).set_default();
+    let _guard = tracing_subscriber::registry()
+        .with(logs)
+        .with(crate::logs::StderrLogs::from_env())
+        .set_default();
     eprintln!(
         "csv-agent: {} dataset(s), {} at a time, output in {}",
         settings.datasets.len() + settings.unusable.len(),
@@ -560,6 +563,7 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         summary.verified,
         out.join(crate::store::SUMMARY_FILE).display()
     );
+    super::report::after_run(&out);
     Ok(summary.exit_code())
 }
 
@@ -604,44 +608,7 @@ pub fn summary_line(d: &DatasetSummary) -> String {
 }
 
 pub fn print_summary(summary: &RunSummary, questions_only: bool) {
-    println!(
-        "{:<20} {:>9} {:>9} {:>13} {:>9} {:>9}",
-        "dataset", "questions", "verified", "disagreements", "failures", "time (s)"
-    );
-    for d in &summary.datasets {
-        if d.status == DatasetStatus::Failed {
-            println!(
-                "{:<20} FAILED: {}",
-                d.dataset,
-                d.reason.as_deref().unwrap_or("unknown")
-            );
-            continue;
-        }
-        let (verified, disagreements) = if questions_only {
-            ("-".to_string(), "-".to_string())
-        } else {
-            (d.verified.to_string(), d.disagreements.to_string())
-        };
-        println!(
-            "{:<20} {:>9} {:>9} {:>13} {:>9} {:>9.1}",
-            d.dataset,
-            d.questions,
-            verified,
-            disagreements,
-            d.failures.len(),
-            d.elapsed
-        );
-        for f in &d.failures {
-            println!(
-                "    failed {} ({}, {}): {}",
-                f.question_id,
-                f.template.as_deref().unwrap_or("-"),
-                f.stage,
-                f.reason
-            );
-        }
-        for (reason, n) in &d.ineligible {
-            println!("    ineligible ({n}): {reason}");
-        }
+    for line in super::table::run_summary(summary, questions_only) {
+        println!("{line}");
     }
 }

@@ -44,6 +44,50 @@ pub enum LandlockError {
     Partial(String),
 }
 
+/// What a worker's own Landlock domain handles, as numbers for
+/// `landlock_create_ruleset(2)` and `landlock_add_rule(2)`: computed here,
+/// once, from the landlock crate's access-right sets for the ABI in force,
+/// and handed to the zygote in its configuration. zygote.py applies these
+/// through ctypes after each fork and keeps no table of rights of its own,
+/// so the two sides cannot drift apart when the kernel's ABI moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRights {
+    /// The ABI the numbers are for: the kernel's, capped at [`TESTED_ABI`]
+    /// like the jail's own domain.
+    pub abi: i32,
+    /// Every filesystem right of that ABI (`handled_access_fs`); a rule on a
+    /// directory allows all of them beneath it.
+    pub handled_fs: u64,
+    /// The rights that apply to a file (a rule on a file allows only these).
+    pub file_rights: u64,
+    /// Scopes (`scoped`): signals and abstract unix sockets stay inside.
+    pub scoped: u64,
+}
+
+/// The rights of a worker's domain under Landlock ABI `abi` (as the kernel
+/// reports it); an ABI without scopes is refused, as for the jail.
+pub fn worker_rights(abi: i32) -> Result<WorkerRights, LandlockError> {
+    if abi < MIN_ABI {
+        return Err(LandlockError::TooOld {
+            found: abi,
+            needed: MIN_ABI,
+        });
+    }
+    let used = abi.min(TESTED_ABI);
+    let set = ABI::from(used);
+    Ok(WorkerRights {
+        abi: used,
+        handled_fs: AccessFs::from_all(set).bits(),
+        file_rights: AccessFs::from_file(set).bits(),
+        scoped: Scope::from_all(set).bits(),
+    })
+}
+
+/// [`worker_rights`] for this kernel's ABI.
+pub fn worker_rights_here() -> Result<WorkerRights, LandlockError> {
+    worker_rights(kernel_abi().map_err(LandlockError::Unsupported)?)
+}
+
 /// The kernel's Landlock ABI version (`landlock_create_ruleset` with the
 /// VERSION flag), or why there is none.
 pub fn kernel_abi() -> Result<i32, String> {
@@ -104,4 +148,44 @@ pub fn apply(spec: &LandlockSpec) -> Result<i32, LandlockError> {
         return Err(LandlockError::Partial(format!("{:?}", status.ruleset)));
     }
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_rights_are_the_crates_sets_for_the_abi_in_force() {
+        for abi in MIN_ABI..=TESTED_ABI + 3 {
+            let rights = worker_rights(abi).expect("an ABI with scopes");
+            let set = ABI::from(abi.min(TESTED_ABI));
+            assert_eq!(rights.abi, abi.min(TESTED_ABI));
+            assert_eq!(rights.handled_fs, AccessFs::from_all(set).bits());
+            assert_eq!(rights.file_rights, AccessFs::from_file(set).bits());
+            assert_eq!(rights.scoped, Scope::from_all(set).bits());
+            assert_eq!(rights.file_rights & !rights.handled_fs, 0);
+        }
+        for abi in [-1, 0, 1, 5] {
+            assert!(matches!(
+                worker_rights(abi),
+                Err(LandlockError::TooOld { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn worker_rights_match_what_the_zygote_used_to_compute_for_abi_6_and_7() {
+        // zygote.py's own table before the numbers came from Rust: ABI 1's
+        // EXECUTE..MAKE_SYM, REFER, TRUNCATE, IOCTL_DEV; files: EXECUTE,
+        // WRITE_FILE, READ_FILE, TRUNCATE, IOCTL_DEV; both scopes.
+        for abi in [6, 7] {
+            let rights = worker_rights(abi).expect("rights");
+            assert_eq!(rights.handled_fs, (1 << 16) - 1);
+            assert_eq!(
+                rights.file_rights,
+                (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+            );
+            assert_eq!(rights.scoped, 1 | 2);
+        }
+    }
 }

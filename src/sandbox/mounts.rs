@@ -14,11 +14,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use libc::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
 
 /// Where the new root is assembled inside the private mount namespace. Mounting
@@ -162,7 +164,7 @@ fn open_fd_source(b: &Bind, fd: i32) -> Result<Source, MountError> {
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let st = nix::sys::stat::fstat(borrowed).map_err(err)?;
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    match open_tree_at(fd, Path::new(""), libc::AT_EMPTY_PATH as libc::c_uint) {
+    match open_tree(borrowed, Path::new(""), OpenTreeFlags::AT_EMPTY_PATH) {
         Ok(tree) => Ok(Source::Detached { tree, is_dir }),
         Err(nix::Error::EPERM) => Ok(Source::Path {
             path: b.source.clone(),
@@ -173,55 +175,40 @@ fn open_fd_source(b: &Bind, fd: i32) -> Result<Source, MountError> {
     }
 }
 
-fn cstring(path: &Path) -> Result<std::ffi::CString, nix::Error> {
-    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)
+/// rustix reports an errno of its own type; the errors here carry nix's.
+fn errno(e: rustix::io::Errno) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error())
 }
 
 /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC)`.
 fn open_tree_clone(path: &Path) -> Result<OwnedFd, nix::Error> {
-    open_tree_at(libc::AT_FDCWD, path, 0)
+    open_tree(rustix::fs::CWD, path, OpenTreeFlags::empty())
 }
 
-/// `open_tree(dirfd, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC | extra)`.
-fn open_tree_at(dirfd: i32, path: &Path, extra: libc::c_uint) -> Result<OwnedFd, nix::Error> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let cpath = cstring(path)?;
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_RECURSIVE as libc::c_uint
+/// `open_tree(dirfd, path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC | extra)`:
+/// a detached clone of the mount tree at `path`.
+fn open_tree(
+    dirfd: impl std::os::fd::AsFd,
+    path: &Path,
+    extra: OpenTreeFlags,
+) -> Result<OwnedFd, nix::Error> {
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE
         | extra;
-    // SAFETY: `cpath` is a valid NUL-terminated path; the call returns a new
-    // descriptor or -1 and touches no other memory.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, cpath.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(nix::Error::last());
-    }
-    let fd = i32::try_from(fd).map_err(|_| nix::Error::EBADF)?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    rustix::mount::open_tree(dirfd, path, flags).map_err(errno)
 }
 
 /// Attach a detached mount tree at `target` (`move_mount` with an empty path).
 fn move_mount(fd: &OwnedFd, target: &Path) -> Result<(), nix::Error> {
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let empty = std::ffi::CString::default();
-    let ctarget = cstring(target)?;
-    // SAFETY: both strings are valid and NUL-terminated; `fd` is a live
-    // open_tree descriptor owned by the caller.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            ctarget.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if ret < 0 {
-        return Err(nix::Error::last());
-    }
-    Ok(())
+    rustix::mount::move_mount(
+        fd,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(errno)
 }
 
 fn staged(path: &Path) -> PathBuf {
@@ -284,56 +271,47 @@ fn touch(path: &Path) -> Result<(), MountError> {
 /// only *adds* flags, so the locked flags a user namespace inherits (nosuid,
 /// nodev from the host mount) never make it fail, and `AT_RECURSIVE` covers
 /// submounts of a recursive bind.
+///
+/// No maintained crate wraps `mount_setattr` (rustix lists it as not
+/// implemented, nix has none), so this one call stays raw; its number, flags
+/// and `struct mount_attr` come from libc, not from constants kept here.
 fn set_attr(path: &Path, attr_set: u64, recursive: bool) -> Result<(), MountError> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
+    let failed = |source| MountError::Mount {
+        action: "setting attributes on",
+        path: path.to_path_buf(),
+        source,
+    };
+    let attr = libc::mount_attr {
         attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    let cpath = cstring(path).map_err(|source| MountError::Mount {
-        action: "setting attributes on",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| failed(nix::Error::EINVAL))?;
     let flags: libc::c_uint = if recursive {
         libc::AT_RECURSIVE as libc::c_uint
     } else {
         0
     };
-    // SAFETY: `cpath` is a valid NUL-terminated string and `attr` a properly
-    // laid out `struct mount_attr` that outlives the call; the size matches.
+    // SAFETY: `cpath` is a valid NUL-terminated string and `attr` a
+    // `struct mount_attr` (libc's definition) that outlives the call; the
+    // size passed is its size.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             cpath.as_ptr(),
             flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         )
     };
     if ret < 0 {
-        return Err(MountError::Mount {
-            action: "setting attributes on",
-            path: path.to_path_buf(),
-            source: nix::Error::last(),
-        });
+        return Err(failed(nix::Error::last()));
     }
     Ok(())
 }
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// Build the new root and pivot into it. On return the process sees only the
 /// jail's tree; the host's is detached.

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tracing::instrument::WithSubscriber;
+use tracing::Instrument;
 
 use super::cgroup::Group;
 use super::init::INIT_ARG;
@@ -295,13 +297,16 @@ pub async fn launch(
     let stderr_tail = StderrTail::default();
     if let Some(stderr) = child.stderr.take() {
         let sink = stderr_tail.clone();
-        tokio::spawn(async move {
+        let reader = async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                super::log_line("jail", &line);
+                jail_line(&line);
                 sink.push(line);
             }
-        });
+        };
+        // In the caller's span and subscriber: the lines land in the
+        // dataset's log file whichever runtime thread reads them.
+        tokio::spawn(reader.in_current_span().with_current_subscriber());
     }
 
     // The cgroup first: the init must be inside before it creates its cgroup
@@ -404,4 +409,60 @@ pub async fn launch(
         unconfined,
         stderr_tail,
     })
+}
+
+/// A line the jail wrote to its stderr, as a tracing event (target
+/// `csv_agent::sandbox::jail`). The zygote's lines (`zygote[pid]: …`) and
+/// the init's (`csv-agent init: …`) say what went wrong or what it is doing
+/// (shutting down), at debug level as before; a Python traceback or a
+/// warning printed by the interpreter (`…Error: …`, `…Warning: …`) is a
+/// warning.
+fn jail_line(line: &str) {
+    match jail_line_level(line) {
+        tracing::Level::WARN => {
+            tracing::warn!(target: "csv_agent::sandbox::jail", "[jail] {line}")
+        }
+        _ => tracing::debug!(target: "csv_agent::sandbox::jail", "[jail] {line}"),
+    }
+}
+
+fn jail_line_level(line: &str) -> tracing::Level {
+    let head = line.split(':').next().unwrap_or_default().trim();
+    let exception = !head.is_empty()
+        && !head.contains(' ')
+        && (head.ends_with("Error") || head.ends_with("Warning"));
+    if exception
+        || line.starts_with("Traceback (most recent call last)")
+        || line.starts_with("Fatal Python error")
+    {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::DEBUG
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jail_lines_that_report_a_python_failure_are_warnings() {
+        for line in [
+            "Traceback (most recent call last):",
+            "MemoryError",
+            "ModuleNotFoundError: No module named 'pandas'",
+            "DeprecationWarning: something",
+            "Fatal Python error: Segmentation fault",
+        ] {
+            assert_eq!(jail_line_level(line), tracing::Level::WARN, "{line}");
+        }
+        for line in [
+            "zygote[1]: shutdown requested",
+            "csv-agent init: execve failed",
+            "zygote[1]: forking worker 3 failed: OSError: [Errno 11]",
+            "",
+        ] {
+            assert_eq!(jail_line_level(line), tracing::Level::DEBUG, "{line}");
+        }
+    }
 }

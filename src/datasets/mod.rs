@@ -1,10 +1,17 @@
 //! The dataset registry: a directory with one folder per dataset,
-//! `<slug>/data.csv` plus `<slug>/meta.json` (name, description, source,
-//! license, and the shape once known).
+//! `<slug>/data.csv` (or `<slug>/data.sqlite`, the typed store of an
+//! imported workbook, Parquet, JSON or SQLite file: see [`import`]) plus
+//! `<slug>/meta.json` (name, description, source, license, the shape once
+//! known, and how it was imported).
 //!
 //! This module reads and writes the registry; whether pandas can read a file
 //! is decided by the caller (it takes a jail), which hands the verdict to
-//! [`Registry::add`].
+//! [`Registry::add`]. [`embedded`] is the registry compiled into the binary;
+//! [`kaggle`] fetches datasets from Kaggle.
+
+pub mod embedded;
+pub mod import;
+pub mod kaggle;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +20,18 @@ use serde::{Deserialize, Serialize};
 
 /// The CSV of a dataset inside its folder.
 pub const DATA_FILE: &str = "data.csv";
+/// The data files a dataset folder may hold, in the order they are looked for.
+pub const DATA_FILES: &[&str] = &[DATA_FILE, import::TYPED_FILE];
+
+/// The data file of a dataset folder: `data.csv`, else `data.sqlite`, else
+/// (for the error message) `data.csv`.
+pub fn data_file(dir: &Path) -> PathBuf {
+    DATA_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(DATA_FILE))
+}
 /// Its description.
 pub const META_FILE: &str = "meta.json";
 
@@ -26,7 +45,7 @@ pub enum DatasetError {
     Unknown { slug: String, registry: PathBuf },
     #[error("dataset `{slug}` already exists in {registry}; choose another --slug")]
     Exists { slug: String, registry: PathBuf },
-    #[error("`{slug}` is not a valid slug: use lowercase letters, digits and '-' (at most 64)")]
+    #[error("`{slug}` is not a valid slug: use lowercase letters, digits and '-' (at most 64), e.g. --slug {}", slugify(slug))]
     BadSlug { slug: String },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
@@ -43,6 +62,10 @@ pub enum DatasetError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Import(#[from] import::ImportError),
+    #[error(transparent)]
+    Kaggle(#[from] kaggle::KaggleError),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError {
@@ -67,12 +90,19 @@ pub struct DatasetMeta {
     pub rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<u64>,
+    /// The version of the source (a Kaggle dataset's version number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// What `datasets add` read and how it stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<import::ImportRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     pub slug: String,
     pub dir: PathBuf,
+    /// The data file: `data.csv`, or `data.sqlite` for a typed import.
     pub csv: PathBuf,
     pub meta: DatasetMeta,
 }
@@ -92,7 +122,9 @@ pub struct Registry {
     root: PathBuf,
 }
 
-/// A slug from a file name: lowercase, runs of other characters become '-'.
+/// A slug from a file or folder name: lowercase ASCII letters and digits,
+/// every run of anything else (`_`, spaces, dots) one '-', trimmed, at most
+/// 64 characters (`owner_dataset-name` → `owner-dataset-name`).
 pub fn slugify(name: &str) -> String {
     let mut slug = String::new();
     for c in name.chars() {
@@ -130,6 +162,15 @@ impl Registry {
         Ok(Registry { root })
     }
 
+    /// The registry at `root`, created (with its parents) when missing.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Registry, DatasetError> {
+        let root = root.into();
+        if !root.is_dir() {
+            fs::create_dir_all(&root).map_err(io("creating the registry", &root))?;
+        }
+        Registry::open(root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -147,7 +188,7 @@ impl Registry {
         for entry in fs::read_dir(&self.root).map_err(io("reading", &self.root))? {
             let entry = entry.map_err(io("reading", &self.root))?;
             let slug = entry.file_name().to_string_lossy().into_owned();
-            if !valid_slug(&slug) || !entry.path().join(DATA_FILE).is_file() {
+            if !valid_slug(&slug) || !data_file(&entry.path()).is_file() {
                 continue;
             }
             let dataset = self.load(&slug);
@@ -158,7 +199,7 @@ impl Registry {
     }
 
     pub fn get(&self, slug: &str) -> Result<Dataset, DatasetError> {
-        if !valid_slug(slug) || !self.root.join(slug).join(DATA_FILE).is_file() {
+        if !valid_slug(slug) || !data_file(&self.root.join(slug)).is_file() {
             return Err(DatasetError::Unknown {
                 slug: slug.to_string(),
                 registry: self.root.clone(),
@@ -186,7 +227,7 @@ impl Registry {
         };
         Ok(Dataset {
             slug: slug.to_string(),
-            csv: dir.join(DATA_FILE),
+            csv: data_file(&dir),
             dir,
             meta,
         })
@@ -207,6 +248,69 @@ impl Registry {
             Ok(slug)
         } else {
             Err(DatasetError::BadSlug { slug })
+        }
+    }
+
+    /// A slug for `name` that no folder of the registry has yet: the
+    /// slugified name, else with `-2`, `-3`, … appended.
+    pub fn unique_slug(&self, name: &str) -> String {
+        let base = slugify(name);
+        if !self.root.join(&base).exists() {
+            return base;
+        }
+        (2..)
+            .map(|n| {
+                let suffix = format!("-{n}");
+                let stem: String = base.chars().take(64 - suffix.len()).collect();
+                format!("{}{suffix}", stem.trim_end_matches('-'))
+            })
+            .find(|s| !self.root.join(s).exists())
+            .unwrap_or(base)
+    }
+
+    /// An empty staging folder for `slug` (not a dataset: its name starts
+    /// with a dot), for an importer to write the data file into.
+    pub fn staging_dir(&self, slug: &str) -> Result<PathBuf, DatasetError> {
+        if !valid_slug(slug) {
+            return Err(DatasetError::BadSlug {
+                slug: slug.to_string(),
+            });
+        }
+        if self.root.join(slug).exists() {
+            return Err(DatasetError::Exists {
+                slug: slug.to_string(),
+                registry: self.root.clone(),
+            });
+        }
+        let staging = self
+            .root
+            .join(format!(".adding-{slug}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
+        set_mode(&staging, 0o755)?;
+        Ok(staging)
+    }
+
+    /// Import `source` (any format [`import`] reads) into a staging folder,
+    /// for the caller to check with pandas before [`Registry::add`]
+    /// publishes it. Nothing is left behind when it fails.
+    pub fn stage_import(
+        &self,
+        source: &Path,
+        slug: &str,
+        options: &import::ImportOptions,
+    ) -> Result<(PathBuf, import::ImportRecord), DatasetError> {
+        let staging = self.staging_dir(slug)?;
+        match import::import(source, options, &staging) {
+            Ok((file, record)) => {
+                // The jail user must be able to read it.
+                set_mode(&file, 0o644)?;
+                Ok((file, record))
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(e.into())
+            }
         }
     }
 
@@ -320,7 +424,7 @@ impl Registry {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), DatasetError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), DatasetError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
@@ -340,6 +444,8 @@ mod tests {
         assert_eq!(slugify("Sales Data (2024).csv"), "sales-data-2024-csv");
         assert_eq!(slugify("__x__"), "x");
         assert_eq!(slugify("ü é"), "dataset");
+        assert_eq!(slugify("owner_dataset-name"), "owner-dataset-name");
+        assert_eq!(slugify("  My Sales_2024.xlsx "), "my-sales-2024-xlsx");
         assert!(valid_slug("penguins"));
         assert!(!valid_slug("Penguins"));
         assert!(!valid_slug("../etc"));
@@ -381,6 +487,8 @@ mod tests {
             Err(DatasetError::Exists { .. })
         ));
         assert!(matches!(reg.get("nope"), Err(DatasetError::Unknown { .. })));
+        assert_eq!(reg.unique_slug("My File"), "my-file-2");
+        assert_eq!(reg.unique_slug("other"), "other");
     }
 
     #[test]
