@@ -151,8 +151,13 @@ pub fn main() -> i32 {
             }
         }
     });
-    // Do not wait for stray blocking tasks (cgroup clean-up threads finish on their own).
+    // Do not wait long for stray blocking tasks; the cgroup clean-up of
+    // sandboxes dropped on the way out runs on threads of its own, which the
+    // process must outlive or their groups stay behind.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if !crate::sandbox::wait_for_cleanup(std::time::Duration::from_secs(10)) {
+        eprintln!("csv-agent: warning: cgroup clean-up did not finish; the next start removes what is left");
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

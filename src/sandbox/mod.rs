@@ -43,6 +43,7 @@ pub use image::{Image, ImageError, ImageSpec};
 pub use layers::{IsolationReport, Layer, LayerStatus, WorkerIsolation, LAYER_NAMES};
 pub use limits::{parse_size, LimitChoice, Limits, MIN_WORKER_MEMORY};
 pub use options::{DatasetHook, SandboxOptions, TestHooks};
+pub use reaper::wait_for_cleanup;
 pub use result::{CellResult, CellStatus, ExitInfo, Fault};
 pub use spec::check_image_location;
 pub use task::Task;

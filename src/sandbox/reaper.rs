@@ -10,9 +10,43 @@
 //! A thread per job rather than tokio's blocking pool: a job queued there is
 //! cancelled when its runtime shuts down, and a removal must not be.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// Jobs started and not yet finished, process-wide: a process that exits
+/// must first let them end ([`wait_for_cleanup`]), or a dropped sandbox's
+/// cgroups outlive it.
+static PENDING: Mutex<usize> = Mutex::new(0);
+static FINISHED: Condvar = Condvar::new();
+
+/// Wait (blocking) until every clean-up job has run, at most `limit`. For
+/// the end of a process, after its runtime is gone: dropping a sandbox
+/// hands its cgroup removal to a thread, and exiting before that thread ends
+/// would leave the groups behind. True when nothing is left.
+pub fn wait_for_cleanup(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    while *pending > 0 {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        pending = FINISHED
+            .wait_timeout(pending, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    true
+}
+
+fn add_pending(delta: isize) {
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    *pending = pending.saturating_add_signed(delta);
+    if *pending == 0 {
+        FINISHED.notify_all();
+    }
+}
 
 /// The end of a job: resolves when it has run (or could not be started).
 pub(super) struct Done(oneshot::Receiver<()>);
@@ -30,15 +64,18 @@ pub(super) fn spawn(what: &'static str, job: impl FnOnce() + Send + 'static) -> 
     let (tx, rx) = oneshot::channel();
     let slot = Arc::new(Mutex::new(Some(job)));
     let theirs = slot.clone();
+    add_pending(1);
     let started = std::thread::Builder::new()
         .name("csv-agent-reaper".to_string())
         .spawn(move || {
             if let Some(job) = take(&theirs) {
                 job();
             }
+            add_pending(-1);
             let _ = tx.send(());
         });
     if let Err(e) = started {
+        add_pending(-1);
         tracing::warn!("no thread for {what} ({e}); running it on the caller's thread");
         if let Some(job) = take(&slot) {
             job();
@@ -54,7 +91,6 @@ fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_slow_job_does_not_stall_the_runtime_it_was_started_from() {
@@ -67,5 +103,15 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(400));
         slow.wait().await;
         assert!(started.elapsed() >= Duration::from_millis(800));
+    }
+
+    #[test]
+    fn the_end_of_a_process_waits_for_its_clean_up_jobs() {
+        let started = Instant::now();
+        let _ = spawn("a test job", || {
+            std::thread::sleep(Duration::from_millis(300))
+        });
+        assert!(wait_for_cleanup(Duration::from_secs(5)));
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }
