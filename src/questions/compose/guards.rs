@@ -5,7 +5,7 @@
 //! the binding, and every removable step changes it. Degenerate answers use
 //! the same rule as templates ([`degenerate_at`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value as Json;
 
@@ -111,14 +111,19 @@ fn too_large(v: &Json) -> bool {
     }
 }
 
-/// Numbers the profile shows: the row count, each column's distinct and
-/// missing counts and a numeric column's minimum and maximum.
-fn readable_from_profile(v: &Json, profile: &DataProfile) -> bool {
+/// Numbers the profile shows about what the question names: the row
+/// count, and each bound column's distinct and missing counts, minimum and
+/// maximum.
+fn readable_from_profile(v: &Json, profile: &DataProfile, bound: &BTreeSet<String>) -> bool {
     let Some(x) = v.as_f64() else {
         return false;
     };
-    let mut shown = vec![profile.rows as f64, profile.columns as f64];
-    for c in &profile.column_profiles {
+    let mut shown = vec![profile.rows as f64];
+    for c in profile
+        .column_profiles
+        .iter()
+        .filter(|c| bound.contains(&c.name))
+    {
         shown.push(c.cardinality as f64);
         shown.push(c.missing as f64);
         shown.extend(c.min);
@@ -186,7 +191,7 @@ fn single(c: &Candidate, s: &Screened, profile: &DataProfile) -> Result<(), Refu
         Some(Ok(_)) => return Err(Refusal::AlternativeDisagrees),
         _ => return Err(Refusal::AlternativeFails),
     }
-    if readable_from_profile(answer, profile) {
+    if readable_from_profile(answer, profile, &c.columns) {
         return Err(Refusal::ReadableFromProfile);
     }
     let h = answer_hash(answer);
@@ -199,6 +204,5 @@ fn single(c: &Candidate, s: &Screened, profile: &DataProfile) -> Result<(), Refu
             }
         }
     }
-    let _ = c;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod guards;
 pub mod operator;
 pub mod render;
 pub mod sampler;
+pub mod screen;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,6 +57,8 @@ pub struct Candidate {
     /// Which step each ablation function leaves out (operator name).
     pub ablated: Vec<String>,
     pub answer: Ty,
+    /// Every column the chain binds.
+    pub columns: BTreeSet<String>,
 }
 
 /// The difficulty score of a chain: the operators' weights plus 0.4 per
@@ -316,6 +319,10 @@ impl<'a> Composer<'a> {
             functions,
             ablated,
             answer,
+            columns: steps
+                .iter()
+                .flat_map(|s| s.columns.values().cloned())
+                .collect(),
         })
     }
 

@@ -176,3 +176,15 @@ fn sampled_chains_are_well_typed_use_every_length_and_never_bind_ids() {
         .iter()
         .any(|c| c.prefix.is_some() && c.question.category.as_deref() == Some("multi_hop")));
 }
+
+#[test]
+#[ignore]
+fn dump_screening_cell() {
+    let ops = operators().unwrap();
+    let slug = std::env::var("DUMP_SLUG").unwrap();
+    let text = std::fs::read_to_string(format!("/tmp/prof/{slug}.json")).unwrap();
+    let p: DataProfile = serde_json::from_str(&text).unwrap();
+    let mut c = Composer::new(&ops, &p, &slug, "abc", 1);
+    let cands = c.sample(300);
+    std::fs::write(format!("/tmp/screen_{slug}.py"), screening_cell(&cands)).unwrap();
+}
