@@ -29,7 +29,7 @@ fn final_expr(ty: Ty, var: &str) -> String {
 fn answer_sentence(ty: Ty) -> &'static str {
     match ty {
         Ty::Scalar => "Report the final number rounded to 4 decimal places.",
-        Ty::Label => "Report that value as text (a whole-number value written without decimals).",
+        Ty::Label => "Report that value as text (a number with no fractional part is written without decimals).",
         Ty::List => "Report the list, in the order described.",
         Ty::Mapping => {
             "Report a mapping from each label (as text) to its value rounded to 4 decimal places."
@@ -100,7 +100,7 @@ pub fn question_text(
     answer: Ty,
 ) -> Result<String, String> {
     let mut text = format!(
-        "Start from the whole dataset as loaded ({} rows), the current rows. Step by step:",
+        "Start from the whole dataset as loaded ({} rows); these are the current rows. Step by step:",
         profile.rows
     );
     for (i, step) in steps.iter().enumerate() {

@@ -177,14 +177,192 @@ fn sampled_chains_are_well_typed_use_every_length_and_never_bind_ids() {
         .any(|c| c.prefix.is_some() && c.question.category.as_deref() == Some("multi_hop")));
 }
 
+fn screened(values: &[Result<serde_json::Value, &str>]) -> Screened {
+    Screened {
+        results: Some(
+            values
+                .iter()
+                .map(|v| v.clone().map_err(|e| e.to_string()))
+                .collect(),
+        ),
+    }
+}
+
+/// Candidates with at least one removable step, from the test profile.
+fn candidates(n: usize) -> Vec<Candidate> {
+    let ops: &'static [Operator] = Box::leak(operators().unwrap().into_boxed_slice());
+    let p: &'static DataProfile = Box::leak(Box::new(profile()));
+    let mut c = Composer::new(ops, p, "demo", "abc", 3);
+    c.sample(n)
+}
+
 #[test]
-#[ignore]
-fn dump_screening_cell() {
+fn each_guard_refuses_what_it_names() {
+    use serde_json::json;
+    let p = profile();
+    let cands = candidates(200);
+    let plain = cands
+        .iter()
+        .find(|c| c.prefix.is_none() && c.functions.len() == 2)
+        .unwrap()
+        .clone();
+    let with_step = cands
+        .iter()
+        .find(|c| c.prefix.is_none() && c.functions.len() >= 3)
+        .unwrap()
+        .clone();
+    let verdict = |c: &Candidate, s: Screened| guards::judge(&[(c.clone(), s)], &p)[0];
+    let refused = |r: guards::Refusal| Err::<(), _>(r);
+    assert_eq!(
+        verdict(&plain, Screened::default()),
+        refused(Refusal::ScreeningFailed)
+    );
+    assert_eq!(
+        verdict(&plain, screened(&[Err("KeyError"), Ok(json!(1))])),
+        refused(Refusal::ReferenceFails)
+    );
+    for empty in [
+        json!(null),
+        json!([]),
+        json!({}),
+        json!({"a": null}),
+        json!(""),
+    ] {
+        assert_eq!(
+            verdict(&plain, screened(&[Ok(empty.clone()), Ok(empty)])),
+            refused(Refusal::EmptyOrNan)
+        );
+    }
+    let long: Vec<String> = (0..25).map(|i| format!("v{i}")).collect();
+    assert_eq!(
+        verdict(&plain, screened(&[Ok(json!(long)), Ok(json!(long))])),
+        refused(Refusal::TooLarge)
+    );
+    assert_eq!(
+        verdict(&plain, screened(&[Ok(json!(1.5)), Ok(json!(7.5))])),
+        refused(Refusal::AlternativeDisagrees)
+    );
+    assert_eq!(
+        verdict(&plain, screened(&[Ok(json!(1.5)), Err("ValueError")])),
+        refused(Refusal::AlternativeFails)
+    );
+    // 200 is the row count the profile shows.
+    assert_eq!(
+        verdict(&plain, screened(&[Ok(json!(200)), Ok(json!(200.0))])),
+        refused(Refusal::ReadableFromProfile)
+    );
+    assert_eq!(
+        verdict(&plain, screened(&[Ok(json!(12.25)), Ok(json!(12.25))])),
+        Ok(())
+    );
+    // Leaving a step out gives the same answer: that step does nothing.
+    let mut rows = vec![Ok(json!(12.25)), Ok(json!(12.25))];
+    rows.extend((2..with_step.functions.len()).map(|_| Ok(json!(12.25))));
+    assert_eq!(
+        verdict(&with_step, screened(&rows)),
+        refused(Refusal::DeadStep)
+    );
+    // ...and a step whose absence breaks the chain or changes it matters.
+    let mut rows = vec![Ok(json!(12.25)), Ok(json!(12.25))];
+    rows.extend((2..with_step.functions.len()).map(|_| Ok(json!(3.0))));
+    assert_eq!(verdict(&with_step, screened(&rows)), Ok(()));
+}
+
+#[test]
+fn one_answer_for_every_binding_and_duplicates_are_refused() {
+    use serde_json::json;
+    let p = profile();
+    let cands = candidates(400);
+    // Two bindings of one shape.
+    let (a, b) = cands
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            cands[i + 1..]
+                .iter()
+                .find(|b| {
+                    b.shape == a.shape
+                        && b.signature != a.signature
+                        && a.prefix.is_none()
+                        && b.prefix.is_none()
+                })
+                .map(|b| (a.clone(), b.clone()))
+        })
+        .expect("two bindings of one chain");
+    let ok = |v: serde_json::Value, c: &Candidate| {
+        let mut rows = vec![Ok(v.clone()), Ok(v)];
+        rows.extend((2..c.functions.len()).map(|_| Err("gone")));
+        screened(&rows)
+    };
+    let same = guards::judge(
+        &[
+            (a.clone(), ok(json!(4.5), &a)),
+            (b.clone(), ok(json!(4.5), &b)),
+        ],
+        &p,
+    );
+    assert_eq!(same, vec![Err(Refusal::SameForEveryBinding); 2]);
+    let differ = guards::judge(
+        &[
+            (a.clone(), ok(json!(4.5), &a)),
+            (b.clone(), ok(json!(9.5), &b)),
+        ],
+        &p,
+    );
+    assert_eq!(differ, vec![Ok(()), Ok(())]);
+    // The same answer from the same operators on one dataset is one
+    // question: the composer keeps the first.
     let ops = operators().unwrap();
-    let slug = std::env::var("DUMP_SLUG").unwrap();
-    let text = std::fs::read_to_string(format!("/tmp/prof/{slug}.json")).unwrap();
-    let p: DataProfile = serde_json::from_str(&text).unwrap();
-    let mut c = Composer::new(&ops, &p, &slug, "abc", 1);
-    let cands = c.sample(300);
-    std::fs::write(format!("/tmp/screen_{slug}.py"), screening_cell(&cands)).unwrap();
+    let mut composer = Composer::new(&ops, &p, "demo", "abc", 3);
+    let kept = composer.judge(vec![
+        (a.clone(), ok(json!(4.5), &a)),
+        (b.clone(), ok(json!(9.5), &b)),
+        (a.clone(), ok(json!(4.5), &a)),
+    ]);
+    assert_eq!(kept.len(), 2);
+    assert_eq!(composer.refusals.get("duplicate answer"), Some(&1));
+}
+
+#[test]
+fn a_harder_question_records_the_easier_one_it_builds_on_or_is_refused_with_it() {
+    use serde_json::json;
+    let p = profile();
+    let cands = candidates(400);
+    let hard_at = cands
+        .iter()
+        .position(|c| c.prefix.is_some())
+        .expect("a multi-hop chain");
+    let hard = cands[hard_at].clone();
+    let easy = cands
+        .iter()
+        .find(|c| Some(&c.signature) == hard.prefix.as_ref())
+        .expect("its easier question comes along")
+        .clone();
+    let ok = |v: serde_json::Value, c: &Candidate| {
+        let mut rows = vec![Ok(v.clone()), Ok(v)];
+        rows.extend((2..c.functions.len()).map(|_| Err("gone")));
+        screened(&rows)
+    };
+    let ops = operators().unwrap();
+    let mut composer = Composer::new(&ops, &p, "demo", "abc", 3);
+    let kept = composer.judge(vec![
+        (easy.clone(), ok(json!("north"), &easy)),
+        (hard.clone(), ok(json!(17.5), &hard)),
+    ]);
+    assert_eq!(kept.len(), 2);
+    assert_eq!(
+        kept[1].composition.as_ref().unwrap().builds_on.as_deref(),
+        Some(kept[0].id.as_str())
+    );
+    assert_eq!(kept[1].category.as_deref(), Some("multi_hop"));
+    let mut composer = Composer::new(&ops, &p, "demo", "abc", 3);
+    let kept = composer.judge(vec![
+        (easy.clone(), screened(&[Err("boom")])),
+        (hard.clone(), ok(json!(17.5), &hard)),
+    ]);
+    assert!(kept.is_empty());
+    assert_eq!(
+        composer.refusals.get("builds on a refused question"),
+        Some(&1)
+    );
 }
