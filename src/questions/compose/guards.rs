@@ -195,14 +195,15 @@ fn single(c: &Candidate, s: &Screened, profile: &DataProfile) -> Result<(), Refu
         return Err(Refusal::ReadableFromProfile);
     }
     let h = answer_hash(answer);
-    for r in results.iter().skip(2) {
-        // Without the step the chain gives the same answer: the step does
-        // nothing. Failing without it means it mattered.
-        if let Ok(v) = r {
-            if answer_hash(v) == h {
-                return Err(Refusal::DeadStep);
-            }
-        }
+    // Without the step the chain gives the same answer: the step does
+    // nothing. Failing without it means it mattered.
+    if results
+        .iter()
+        .skip(2)
+        .flatten()
+        .any(|v| answer_hash(v) == h)
+    {
+        return Err(Refusal::DeadStep);
     }
     Ok(())
 }
