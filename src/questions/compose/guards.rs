@@ -112,8 +112,8 @@ fn too_large(v: &Json) -> bool {
 }
 
 /// Numbers the profile shows about what the question names: the row
-/// count, and each bound column's distinct and missing counts, minimum and
-/// maximum.
+/// count, and each bound column's distinct and missing counts, minimum,
+/// maximum and range.
 fn readable_from_profile(v: &Json, profile: &DataProfile, bound: &BTreeSet<String>) -> bool {
     let Some(x) = v.as_f64() else {
         return false;
@@ -128,6 +128,9 @@ fn readable_from_profile(v: &Json, profile: &DataProfile, bound: &BTreeSet<Strin
         shown.push(c.missing as f64);
         shown.extend(c.min);
         shown.extend(c.max);
+        if let (Some(lo), Some(hi)) = (c.min, c.max) {
+            shown.push(hi - lo);
+        }
     }
     shown
         .iter()
