@@ -237,7 +237,7 @@ fn the_pod_entrypoint_run_once_per_index_and_merged_equals_one_process() {
     assert_eq!(o.status.code(), Some(0), "merge: {}", text(&o));
 
     let whole = dir.path().join("whole");
-    let mut args = vec!["run", "--datasets"];
+    let mut args = vec!["run", "--questions", "template", "--datasets"];
     let reg = repo().join("datasets");
     args.push(reg.to_str().expect("utf-8"));
     args.extend(flags.split_whitespace());
@@ -322,7 +322,7 @@ fn the_localhost_seccomp_profile_refuses_nothing_the_tool_or_its_jail_uses() {
         .args(["-f", "-qq", "-c", "-o"])
         .arg(&counts)
         .arg(BIN)
-        .args(["run", "--datasets"])
+        .args(["run", "--questions", "template", "--datasets"])
         .arg(repo().join("datasets"))
         .args(["--only", "penguins", "--max-questions", "3", "--out"])
         .arg(&out)

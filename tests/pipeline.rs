@@ -267,6 +267,8 @@ fn killing_a_run_and_rerunning_yields_every_episode_exactly_once() {
     let reg = registry();
     let args = [
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--only",
@@ -368,6 +370,8 @@ fn bad_datasets_fail_alone_with_a_clear_reason() {
 
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--max-questions",
@@ -529,10 +533,15 @@ fn bad_flags_are_refused_before_any_work() {
     let out = dir.path().join("out");
     let reg = registry();
     for (args, says) in [
-        (vec!["run", "--shard", "2/2"], "index counts from 0"),
+        (
+            vec!["run", "--questions", "template", "--shard", "2/2"],
+            "index counts from 0",
+        ),
         (
             vec![
                 "run",
+                "--questions",
+                "template",
                 "--datasets",
                 path(&reg),
                 "--only",
@@ -543,12 +552,22 @@ fn bad_flags_are_refused_before_any_work() {
             "no dataset `nope`",
         ),
         (
-            vec!["run", "--datasets", "/nonexistent", "--out", path(&out)],
+            vec![
+                "run",
+                "--questions",
+                "template",
+                "--datasets",
+                "/nonexistent",
+                "--out",
+                path(&out),
+            ],
             "does not exist",
         ),
         (
             vec![
                 "run",
+                "--questions",
+                "template",
                 "--datasets",
                 path(&reg),
                 "--jobs",
@@ -613,6 +632,8 @@ fn a_wrong_template_is_caught_and_named() {
     let reg = registry();
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--only",
@@ -647,6 +668,8 @@ fn a_wrong_template_is_caught_and_named() {
     std::fs::write(templates.join("broken.toml"), "name = \"broken\"\n").expect("write");
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--templates",
@@ -705,6 +728,8 @@ fn a_template_that_attacks_the_zygote_fails_alone() {
     let out = dir.path().join("out");
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&registry()),
         "--only",
