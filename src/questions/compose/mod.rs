@@ -416,6 +416,11 @@ pub struct ComposeReport {
     pub kept: u64,
     /// Refusals by guard.
     pub refused: BTreeMap<String, u64>,
+    /// Kept questions by difficulty level and by category.
+    #[serde(default)]
+    pub difficulty: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub categories: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -75,12 +75,23 @@ pub async fn compose_questions(
         let judged = composer.judge(all);
         kept.extend(judged.into_iter().take(need));
     }
-    let report = ComposeReport {
+    let mut report = ComposeReport {
         sampled_chains: composer.sampled,
         candidates,
         kept: kept.len() as u64,
         refused: composer.refusals.clone(),
+        ..ComposeReport::default()
     };
+    for q in &kept {
+        *report
+            .difficulty
+            .entry(q.difficulty.as_str().to_string())
+            .or_default() += 1;
+        *report
+            .categories
+            .entry(q.category.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
     Ok((kept, report))
 }
 
