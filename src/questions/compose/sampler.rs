@@ -169,6 +169,20 @@ impl<'a> Sampler<'a> {
                 if options.is_empty() {
                     options = self.usable.iter().filter(|op| fits(op, left)).collect();
                 }
+                // Room left before the length aimed for: mostly take a step
+                // that does not answer yet, so long chains are as reachable
+                // as short ones; now and then answer early, so a multi-hop
+                // step can build on that answer.
+                if aim >= 1 && rng.below(4) != 0 {
+                    let on: Vec<&&Operator> = options
+                        .iter()
+                        .copied()
+                        .filter(|op| !op.output.is_answer())
+                        .collect();
+                    if !on.is_empty() {
+                        options = on;
+                    }
+                }
                 // Continue past an answer only when the walk was aiming
                 // further; otherwise stop there.
                 if current.ty.is_answer() && (options.is_empty() || steps.len() >= target) {
