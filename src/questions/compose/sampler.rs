@@ -139,6 +139,8 @@ impl<'a> Sampler<'a> {
                 .column_profiles
                 .iter()
                 .filter(|c| spec.accepts(c) && !columns.values().any(|v| v == &c.name))
+                // Inside groups, the grouping column is one value per group.
+                .filter(|c| input.ty != Ty::Grouped || input.index_column.as_ref() != Some(&c.name))
                 .map(|c| c.name.as_str())
                 .collect();
             let c = rng.pick(&choices)?;

@@ -114,6 +114,29 @@ fn the_type_checker_rejects_ill_typed_chains() {
     let mut good = bad.clone();
     good[3] = step(&ops, "rows_with_label", &[("g", "region")]);
     assert_eq!(check(&good, &p).unwrap().ty, Ty::Scalar);
+    // The grouping column inside its own groups is one value per group.
+    let bad = [
+        step(&ops, "group_by", &[("g", "region")]),
+        step(&ops, "group_distinct", &[("h", "region")]),
+        step(&ops, "maximum", &[]),
+    ];
+    assert!(matches!(
+        check(&bad, &p),
+        Err(types::TypeError::Slot { .. })
+    ));
+    // A statistic of ranks is fixed by their number; their labels are not.
+    let ranks = |last: &str| {
+        vec![
+            step(&ops, "pivot_mean", &[("g", "region"), ("col", "price")]),
+            step(&ops, "rank_descending", &[]),
+            step(&ops, last, &[]),
+        ]
+    };
+    assert!(matches!(
+        check(&ranks("median"), &p),
+        Err(types::TypeError::Needs { .. })
+    ));
+    assert_eq!(check(&ranks("label_of_min"), &p).unwrap().ty, Ty::Label);
     // One step is too short, nine too long.
     assert!(matches!(
         check(&good[..1], &p),

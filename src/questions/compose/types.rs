@@ -146,6 +146,13 @@ pub fn accepts(op: &Operator, input: &Value) -> bool {
     if op.input != input.ty {
         return false;
     }
+    // Ranks say something only through their labels: any statistic of
+    // 1..n is fixed by n.
+    if input.produced.as_deref() == Some("ranks")
+        && !matches!(op.output, Ty::Label | Ty::List | Ty::Mapping)
+    {
+        return false;
+    }
     match needs_of(op) {
         Some("keyed") | Some("small") => input.keyed,
         Some("pvalue") => input.produced.as_deref() == Some("pvalue"),
@@ -219,7 +226,9 @@ pub fn check(steps: &[Step<'_>], profile: &DataProfile) -> Result<Value, TypeErr
                     .find(|p| &p.name == c)
                     .filter(|p| spec.accepts(p))
             });
-            if fits.is_none() {
+            let own_key = current.ty == Ty::Grouped
+                && current.index_column.as_ref() == step.columns.get(slot);
+            if fits.is_none() || own_key {
                 return Err(TypeError::Slot {
                     step: n,
                     op: op.name.clone(),
