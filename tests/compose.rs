@@ -225,7 +225,7 @@ fn every_operator_runs_in_the_jail_on_a_shipped_dataset_with_its_alternative_agr
         "--source",
         "compose",
         "--max-questions",
-        "300",
+        "520",
         "--datasets",
         path(&shipped),
         "--out",
