@@ -1,15 +1,17 @@
-//! Embeds the template catalog: every `src/questions/templates/*.toml` becomes
-//! an entry of `TEMPLATE_FILES` (file stem, contents), in name order, so
-//! adding a template is adding a file. Embeds the bundled datasets the same
-//! way: every `datasets/<slug>/` with a `data.csv` becomes an entry of
-//! `BUNDLED_DATASETS` (slug, data.csv bytes, meta.json bytes), so an installed
-//! binary runs without the source tree (src/datasets/embedded.rs).
+//! Embeds the data catalogs: every `src/questions/templates/*.toml` becomes
+//! an entry of `TEMPLATE_FILES` and every
+//! `src/questions/compose/operators/*.toml` one of `OPERATOR_FILES` (file
+//! stem, contents), in name order, so adding a template or an operator is
+//! editing a file. Embeds the bundled datasets too: every `datasets/<slug>/`
+//! with a `data.csv` becomes an entry of `BUNDLED_DATASETS` (slug, data.csv
+//! bytes, meta.json bytes), so an installed binary runs without the source
+//! tree (src/datasets/embedded.rs).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/questions/templates");
+fn embed(folder: &str, constant: &str, out_file: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -17,7 +19,7 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let mut out = String::from("pub const TEMPLATE_FILES: &[(&str, &str)] = &[\n");
+    let mut out = format!("pub const {constant}: &[(&str, &str)] = &[\n");
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
         let stem = path
@@ -31,10 +33,8 @@ fn main() {
         );
     }
     out.push_str("];\n");
-    let target =
-        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("templates.rs");
+    let target = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(out_file);
     std::fs::write(&target, out).unwrap_or_else(|e| panic!("writing {}: {e}", target.display()));
-    embed_datasets();
 }
 
 fn embed_datasets() {
@@ -71,4 +71,14 @@ fn embed_datasets() {
     let target =
         Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("datasets.rs");
     std::fs::write(&target, out).unwrap_or_else(|e| panic!("writing {}: {e}", target.display()));
+}
+
+fn main() {
+    embed("src/questions/templates", "TEMPLATE_FILES", "templates.rs");
+    embed(
+        "src/questions/compose/operators",
+        "OPERATOR_FILES",
+        "operators.rs",
+    );
+    embed_datasets();
 }

@@ -186,11 +186,13 @@ pub struct RunSettings {
     pub serve: Option<crate::serve::Endpoint>,
 }
 
-/// `--questions template|llm|all`.
+/// `--questions template|compose|llm|all`.
 #[derive(Debug, Clone)]
 pub struct QuestionSources {
     /// The template catalog (questions with reference programs and ground truth).
     pub template: bool,
+    /// Composed questions (operator chains, docs/questions.md): seed and cap.
+    pub compose: Option<crate::questions::compose::ComposeConfig>,
     /// Questions a model proposes after exploring the dataset.
     pub llm: Option<LlmQuestions>,
 }
@@ -199,6 +201,7 @@ impl Default for QuestionSources {
     fn default() -> Self {
         QuestionSources {
             template: true,
+            compose: None,
             llm: None,
         }
     }
@@ -443,6 +446,7 @@ pub async fn run(
             total_incidents.add(i);
             d.incidents = *i;
         }
+        d.compose = questions::read_compose_report(&shared.settings.out, &d.dataset);
     }
     let summary = RunSummary {
         llm_usage: (!usage.is_empty()).then_some(total),

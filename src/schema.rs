@@ -44,6 +44,8 @@ pub enum QuestionSource {
     Template,
     Procedural,
     Llm,
+    /// A chain of typed operators (src/questions/compose/).
+    Compose,
 }
 
 impl QuestionSource {
@@ -52,6 +54,7 @@ impl QuestionSource {
             QuestionSource::Template => "template",
             QuestionSource::Procedural => "procedural",
             QuestionSource::Llm => "llm",
+            QuestionSource::Compose => "compose",
         }
     }
 }
@@ -112,6 +115,29 @@ pub struct Question {
     /// Present in questions files; left out of episodes (the traces hold the code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub programs: Option<Programs>,
+    /// The task category (one of the 18 of docs/questions.md); set on
+    /// composed questions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// How a composed question was built: its operator chain and the
+    /// easier question it builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composition: Option<Composition>,
+}
+
+/// The operator chain of a composed question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Composition {
+    /// Operator names, in order.
+    pub chain: Vec<String>,
+    /// Each operator's category, in order.
+    pub categories: Vec<String>,
+    /// The id of the easier composed question whose answer this one
+    /// builds on (multi-hop), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builds_on: Option<String>,
+    /// The difficulty score the level was derived from.
+    pub score: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

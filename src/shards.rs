@@ -163,7 +163,18 @@ impl RunIdentity {
             catalog: catalog_hash.to_string(),
             teacher: teacher.to_string(),
             teacher_settings,
-            questions: serde_json::json!({ "template": sources.template, "llm": llm }),
+            questions: match &sources.compose {
+                None => serde_json::json!({ "template": sources.template, "llm": llm }),
+                Some(c) => serde_json::json!({
+                    "template": sources.template,
+                    "llm": llm,
+                    "compose": {
+                        "seed": c.seed,
+                        "max_questions": c.max_questions,
+                        "operators": crate::questions::compose::operators_hash(),
+                    },
+                }),
+            },
             max_questions: settings.max_questions,
             memory: settings.limits.memory_bytes,
             datasets,
@@ -746,6 +757,7 @@ mod tests {
                 retries,
                 ..Default::default()
             },
+            compose: None,
         };
         let usage = |tokens: u64| Usage {
             prompt_tokens: tokens,

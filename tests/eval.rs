@@ -70,6 +70,8 @@ fn episodes() -> &'static (PathBuf, Vec<Episode>) {
             &dir,
             &args(&[
                 "run",
+                "--questions",
+                "template",
                 "--datasets",
                 path(&registry),
                 "--only",

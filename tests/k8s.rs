@@ -157,7 +157,16 @@ fn small(args: &str) -> String {
             out.push(w);
         }
     }
-    out.extend(["--only", "penguins", "--max-questions", "8"]);
+    // Template questions only: the composed ones shard the same way
+    // (tests/pipeline.rs) and would only lengthen this test.
+    out.extend([
+        "--only",
+        "penguins",
+        "--max-questions",
+        "8",
+        "--questions",
+        "template",
+    ]);
     out.join(" ")
 }
 
@@ -322,7 +331,7 @@ fn the_localhost_seccomp_profile_refuses_nothing_the_tool_or_its_jail_uses() {
         .args(["-f", "-qq", "-c", "-o"])
         .arg(&counts)
         .arg(BIN)
-        .args(["run", "--datasets"])
+        .args(["run", "--questions", "template", "--datasets"])
         .arg(repo().join("datasets"))
         .args(["--only", "penguins", "--max-questions", "3", "--out"])
         .arg(&out)

@@ -107,6 +107,15 @@ fn a_full_run_verifies_every_template_on_every_shipped_dataset_and_resumes_as_a_
     let datasets: BTreeSet<&str> = all.iter().map(|e| e.dataset.as_str()).collect();
     assert_eq!(datasets.len(), 4, "{datasets:?}");
 
+    let composed = all
+        .iter()
+        .filter(|e| e.source == csv_agent::schema::QuestionSource::Compose)
+        .count();
+    assert_eq!(
+        composed,
+        4 * csv_agent::questions::compose::DEFAULT_MAX_QUESTIONS,
+        "the default run composes questions on every dataset"
+    );
     let mut ids = HashSet::new();
     for e in &all {
         assert!(
@@ -115,7 +124,12 @@ fn a_full_run_verifies_every_template_on_every_shipped_dataset_and_resumes_as_a_
             e.episode_id
         );
         let q = &e.question;
-        assert_eq!(e.source, csv_agent::schema::QuestionSource::Template);
+        // The default run: templates and composed questions.
+        assert!(matches!(
+            e.source,
+            csv_agent::schema::QuestionSource::Template
+                | csv_agent::schema::QuestionSource::Compose
+        ));
         assert!(q.programs.is_none(), "episodes do not repeat the programs");
         assert_eq!(
             e.gold_trace.turns.len() as u32,
@@ -254,9 +268,13 @@ fn a_full_run_verifies_every_template_on_every_shipped_dataset_and_resumes_as_a_
         "grunfeld",
     ]);
     assert_eq!(o.status.code(), Some(0));
+    // A composed question shows its chain on a second line.
+    let qs = questions(&out, "grunfeld");
+    let composed = qs.iter().filter(|q| q.composition.is_some()).count();
+    assert!(composed > 0);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).lines().count(),
-        1 + questions(&out, "grunfeld").len()
+        1 + qs.len() + composed
     );
 }
 
@@ -267,6 +285,8 @@ fn killing_a_run_and_rerunning_yields_every_episode_exactly_once() {
     let reg = registry();
     let args = [
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--only",
@@ -368,6 +388,8 @@ fn bad_datasets_fail_alone_with_a_clear_reason() {
 
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--max-questions",
@@ -459,7 +481,8 @@ fn shard_outputs_merged_equal_the_unsharded_run() {
         whole_eps.len(),
         "no duplicates after merging"
     );
-    assert_eq!(whole_eps.len(), 12);
+    // 6 template and 6 composed questions on each of the two datasets.
+    assert_eq!(whole_eps.len(), 24);
     let (a, b) = (key(episodes(&s0)), key(episodes(&s1)));
     assert!(a.is_disjoint(&b), "shards overlap");
     assert!(!a.is_empty() && !b.is_empty(), "both shards have work");
@@ -529,10 +552,15 @@ fn bad_flags_are_refused_before_any_work() {
     let out = dir.path().join("out");
     let reg = registry();
     for (args, says) in [
-        (vec!["run", "--shard", "2/2"], "index counts from 0"),
+        (
+            vec!["run", "--questions", "template", "--shard", "2/2"],
+            "index counts from 0",
+        ),
         (
             vec![
                 "run",
+                "--questions",
+                "template",
                 "--datasets",
                 path(&reg),
                 "--only",
@@ -543,12 +571,22 @@ fn bad_flags_are_refused_before_any_work() {
             "no dataset `nope`",
         ),
         (
-            vec!["run", "--datasets", "/nonexistent", "--out", path(&out)],
+            vec![
+                "run",
+                "--questions",
+                "template",
+                "--datasets",
+                "/nonexistent",
+                "--out",
+                path(&out),
+            ],
             "does not exist",
         ),
         (
             vec![
                 "run",
+                "--questions",
+                "template",
                 "--datasets",
                 path(&reg),
                 "--jobs",
@@ -613,6 +651,8 @@ fn a_wrong_template_is_caught_and_named() {
     let reg = registry();
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--only",
@@ -647,6 +687,8 @@ fn a_wrong_template_is_caught_and_named() {
     std::fs::write(templates.join("broken.toml"), "name = \"broken\"\n").expect("write");
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--templates",
@@ -705,6 +747,8 @@ fn a_template_that_attacks_the_zygote_fails_alone() {
     let out = dir.path().join("out");
     let o = csv_agent(&[
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&registry()),
         "--only",

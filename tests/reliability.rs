@@ -45,6 +45,8 @@ fn text(o: &Output) -> String {
 fn program_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
+        "--questions",
+        "template",
         "--datasets",
         s(&registry()),
         "--only",
@@ -816,6 +818,8 @@ fn oom_kills_and_timeouts_of_programs_are_counted_as_incidents() {
     let out = dir.path().join("out");
     let args: Vec<String> = [
         "run",
+        "--questions",
+        "template",
         "--datasets",
         s(&registry()),
         "--only",

@@ -71,6 +71,8 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn run(reg: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(reg),
         "--only",
@@ -199,6 +201,8 @@ fn merge_refuses_other_runs_check_lists_gaps_and_a_killed_shard_is_repaired() {
     // Shard 1 is killed on the way (SIGKILL once it has recorded its start).
     let mut args: Vec<String> = [
         "run",
+        "--questions",
+        "template",
         "--datasets",
         path(&reg),
         "--only",

@@ -41,10 +41,15 @@ enum InspectWhat {
         #[arg(long)]
         unverified: bool,
     },
-    /// One line per question: id, dataset, template, difficulty, text.
+    /// One line per question: id, dataset, template, difficulty, text;
+    /// composed questions also show their category, operator chain and
+    /// the question they build on.
     Questions {
         #[arg(long)]
         dataset: Option<String>,
+        /// Only questions from this source: template, compose or llm.
+        #[arg(long)]
+        source: Option<String>,
     },
     /// One episode in full: question, every turn's code and output, verdict.
     Trace {
@@ -211,21 +216,58 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
                 let _ = writeln!(text, "{line}");
             }
         }
-        InspectWhat::Questions { dataset } => {
+        InspectWhat::Questions { dataset, source } => {
+            if let Some(s) = &source {
+                if !["template", "compose", "llm"].contains(&s.as_str()) {
+                    bail!("--source must be template, compose or llm, not `{s}`");
+                }
+            }
             let questions = questions_of(&args.out)?;
             let mut table = super::table::new(&["id", "dataset", "template", "level", "question"]);
             for q in questions
                 .iter()
                 .filter(|q| dataset.as_ref().is_none_or(|d| &q.dataset == d))
+                .filter(|q| source.as_ref().is_none_or(|s| q.source.as_str() == s))
             {
-                let shown: String = q.question_text.chars().take(90).collect();
+                // A composed question's preamble is the same everywhere:
+                // show its steps, and its chain on a row of its own.
+                let body = match &q.composition {
+                    Some(_) => q
+                        .question_text
+                        .split_once("Step by step: ")
+                        .map_or(q.question_text.as_str(), |(_, rest)| rest),
+                    None => q.question_text.as_str(),
+                };
+                let shown: String = body.chars().take(90).collect();
+                let template = match &q.composition {
+                    Some(_) => "compose",
+                    None => q.template_name.as_deref().unwrap_or("-"),
+                };
                 table.add_row(vec![
                     q.id.clone(),
                     q.dataset.clone(),
-                    q.template_name.as_deref().unwrap_or("-").to_string(),
+                    template.to_string(),
                     q.difficulty.as_str().to_string(),
                     shown,
                 ]);
+                if let Some(c) = &q.composition {
+                    table.add_row(vec![
+                        String::new(),
+                        String::new(),
+                        "chain".to_string(),
+                        String::new(),
+                        format!(
+                            "{}  [{}{}; score {}]",
+                            c.chain.join(" -> "),
+                            q.category.as_deref().unwrap_or("-"),
+                            c.builds_on
+                                .as_deref()
+                                .map(|b| format!("; builds on {b}"))
+                                .unwrap_or_default(),
+                            c.score
+                        ),
+                    ]);
+                }
             }
             for line in super::table::lines(&table) {
                 let _ = writeln!(text, "{line}");

@@ -33,10 +33,25 @@ pub enum TeacherKind {
 pub enum SourceKind {
     /// The template catalog (reference programs, ground truth).
     Template,
+    /// Chains of typed operators (docs/questions.md), offline.
+    Compose,
     /// Questions a model proposes after exploring each dataset.
     Llm,
-    /// Both.
+    /// All three.
     All,
+}
+
+/// Which sources a `--questions` / `--source` choice turns on: (template,
+/// compose, llm). None is the default of the program teacher: the two
+/// offline sources.
+fn source_set(kind: Option<SourceKind>) -> (bool, bool, bool) {
+    match kind {
+        None => (true, true, false),
+        Some(SourceKind::Template) => (true, false, false),
+        Some(SourceKind::Compose) => (false, true, false),
+        Some(SourceKind::Llm) => (false, false, true),
+        Some(SourceKind::All) => (true, true, true),
+    }
 }
 
 /// The model endpoint and sampling (flags over the environment over
@@ -206,9 +221,13 @@ pub struct SelectArgs {
     /// Output directory.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// At most this many questions per dataset (taken across templates).
+    /// At most this many questions per dataset and source (template
+    /// questions taken across templates; composed questions default to 24).
     #[arg(long)]
     max_questions: Option<usize>,
+    /// Seed of the composed questions (same seed and data, same questions).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Live sandboxes at once (default: from available memory, at most 8).
     #[arg(long)]
     jobs: Option<usize>,
@@ -336,8 +355,8 @@ pub struct RunArgs {
     /// Who answers the questions.
     #[arg(long, value_enum, default_value = "program")]
     teacher: TeacherKind,
-    /// Where questions come from (default: template with the program
-    /// teacher, all with the LLM teacher).
+    /// Where questions come from (default: template and compose with the
+    /// program teacher, all with the LLM teacher).
     #[arg(long, value_enum)]
     questions: Option<SourceKind>,
     /// Model questions per dataset (default 12, or [questions] llm_questions).
@@ -435,7 +454,16 @@ async fn settings(
         questions_only,
         templates: select.templates,
         init_program: None,
-        sources: Default::default(),
+        sources: crate::pipeline::QuestionSources {
+            template: true,
+            compose: Some(crate::questions::compose::ComposeConfig {
+                seed: select.seed,
+                max_questions: select
+                    .max_questions
+                    .unwrap_or(crate::questions::compose::DEFAULT_MAX_QUESTIONS),
+            }),
+            llm: None,
+        },
         limits,
         recovery: crate::pipeline::Recovery {
             max_restarts: select.max_restarts,
@@ -472,12 +500,12 @@ fn default_llm_concurrency(jobs: usize, n: &crate::teacher::NConsistency) -> usi
 }
 
 pub async fn run(args: RunArgs) -> Result<i32> {
-    let sources = args.questions.unwrap_or(match args.teacher {
-        TeacherKind::Program => SourceKind::Template,
-        TeacherKind::Llm => SourceKind::All,
+    let (template, compose, llm) = source_set(match args.teacher {
+        TeacherKind::Program => args.questions,
+        TeacherKind::Llm => Some(args.questions.unwrap_or(SourceKind::All)),
     });
-    if args.teacher == TeacherKind::Program && sources != SourceKind::Template {
-        bail!("the program teacher answers only template questions (it runs their reference programs); use --teacher llm for model questions");
+    if args.teacher == TeacherKind::Program && llm {
+        bail!("the program teacher answers only questions with reference programs (template and compose); use --teacher llm for model questions");
     }
     let concurrency_given = args.select.concurrency.is_some();
     // The model is checked first: a bad key or a dead server is reported
@@ -487,18 +515,21 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         TeacherKind::Llm => Some(model_setup(&args.llm, "--teacher llm").await?),
     };
     let mut settings = settings(args.select, false, args.llm.config.as_deref()).await?;
+    settings.sources.template = template;
+    if !compose {
+        settings.sources.compose = None;
+    }
     let teacher: Arc<dyn Teacher> = match setup {
         None => Arc::new(ProgramTeacher),
         Some(setup) => {
             let config = teacher_config(&args.agent, &setup.file)?;
-            if sources != SourceKind::Template {
+            if llm {
                 settings.sources.llm = Some(pipeline::LlmQuestions {
                     chat: setup.client.clone(),
                     config: generation_config(args.llm_questions, &setup.file)?,
                     sampling: setup.sampling.clone(),
                 });
             }
-            settings.sources.template = sources != SourceKind::Llm;
             if !concurrency_given {
                 settings.question_concurrency =
                     default_llm_concurrency(settings.jobs, &config.n_consistency);
@@ -510,9 +541,10 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 }
 
 pub async fn questions(args: QuestionsArgs) -> Result<i32> {
-    let setup = match args.source {
-        SourceKind::Template => None,
-        _ => Some(model_setup(&args.llm, "--source llm").await?),
+    let (template, compose, llm) = source_set(Some(args.source));
+    let setup = match llm {
+        false => None,
+        true => Some(model_setup(&args.llm, "--source llm").await?),
     };
     let mut settings = settings(args.select, true, args.llm.config.as_deref()).await?;
     if let Some(setup) = setup {
@@ -522,7 +554,10 @@ pub async fn questions(args: QuestionsArgs) -> Result<i32> {
             sampling: setup.sampling,
         });
     }
-    settings.sources.template = args.source != SourceKind::Llm;
+    settings.sources.template = template;
+    if !compose {
+        settings.sources.compose = None;
+    }
     execute(settings, Arc::new(ProgramTeacher)).await
 }
 

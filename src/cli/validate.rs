@@ -181,6 +181,8 @@ async fn validate(
         dataset: slug,
         dataset_hash: hash.to_string(),
         programs: None,
+        category: None,
+        composition: None,
     };
     let teacher: &dyn Teacher = teacher;
     let run = teacher.answer(sandbox, &question, &data).await?;

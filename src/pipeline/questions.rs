@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::{fingerprint, DatasetError, Jail, Shard, Shared};
 use crate::datasets::Dataset;
 use crate::profile::DataProfile;
+use crate::questions::compose;
 use crate::questions::llm as llm_questions;
 use crate::questions::{self, establish_ground_truth, GroundTruthError, Template};
 use crate::schema::Question;
@@ -57,10 +58,23 @@ pub(super) fn questions_key(shared: &Shared, hash: &str) -> String {
             "mix": l.config.mix,
         })
     });
+    // Composed questions depend on the operators, the seed and their cap;
+    // absent from the key when not composing, so template-only keys stay.
+    let compose = sources
+        .compose
+        .map(|c| {
+            format!(
+                "\ncompose {} {} {}",
+                c.seed,
+                c.max_questions,
+                compose::operators_hash()
+            )
+        })
+        .unwrap_or_default();
     // The worker memory decides which templates bind ([cost]): a rerun with
     // another --memory makes the questions again.
     questions::template::short_hash(&format!(
-        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}\n{:?}",
+        "{}\n{hash}\n{:?}\n{:?}\n{}\n{}\n{:?}{compose}",
         shared.catalog_hash,
         shared.settings.max_questions,
         shared.settings.shard,
@@ -72,6 +86,18 @@ pub(super) fn questions_key(shared: &Shared, hash: &str) -> String {
 
 pub fn questions_path(out: &Path, slug: &str) -> PathBuf {
     out.join(QUESTIONS_DIR).join(format!("{slug}.jsonl"))
+}
+
+/// Where the composer's report of a dataset goes (chains sampled,
+/// refusals by guard), next to its questions file.
+pub fn compose_report_path(out: &Path, slug: &str) -> PathBuf {
+    out.join(QUESTIONS_DIR).join(format!("{slug}.compose.json"))
+}
+
+/// The composer's report of a dataset, if this output has one.
+pub fn read_compose_report(out: &Path, slug: &str) -> Option<compose::ComposeReport> {
+    let text = std::fs::read_to_string(compose_report_path(out, slug)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Every template question of the dataset, capped and sharded, in catalog
@@ -203,7 +229,7 @@ pub(super) async fn load_or_make_questions(
             }
         }
     }
-    let candidates = if shared.settings.sources.template {
+    let mut candidates = if shared.settings.sources.template {
         candidate_questions(
             &shared.catalog,
             data_profile,
@@ -216,10 +242,15 @@ pub(super) async fn load_or_make_questions(
     } else {
         Vec::new()
     };
-    info!(
-        "{} template questions apply; establishing ground truth",
-        candidates.len()
-    );
+    info!("{} template questions apply", candidates.len());
+    let mut complete = true;
+    if let Some(config) = shared.settings.sources.compose {
+        match compose_for(shared, jail, data_profile, slug, hash, config).await {
+            Some(qs) => candidates.extend(qs),
+            None => complete = false,
+        }
+    }
+    info!("{} questions; establishing ground truth", candidates.len());
     // Failures from an older questions file are replaced by this attempt's.
     {
         let slug = slug.clone();
@@ -238,7 +269,6 @@ pub(super) async fn load_or_make_questions(
         .collect()
         .await;
     let mut kept = Vec::new();
-    let mut complete = true;
     for (q, outcome) in results {
         match outcome {
             Ok(q) => kept.push(q),
@@ -329,4 +359,56 @@ pub(super) async fn ground_truth_with_retries(
             other => return other,
         }
     }
+}
+
+/// The dataset's composed questions (screened, deduplicated, sharded), or
+/// None when screening was cut short by the infrastructure (the questions
+/// file is then not reused).
+async fn compose_for(
+    shared: &Shared,
+    jail: &Jail,
+    data_profile: &DataProfile,
+    slug: &str,
+    hash: &str,
+    config: compose::ComposeConfig,
+) -> Option<Vec<Question>> {
+    let ops = match compose::operators() {
+        Ok(ops) => ops,
+        Err(e) => {
+            warn!("no composed questions: {e}");
+            return Some(Vec::new());
+        }
+    };
+    let (_, sandbox) = jail.current().await;
+    let concurrency = shared.settings.question_concurrency.max(1);
+    let outcome = compose::screen::compose_questions(
+        &sandbox,
+        &ops,
+        data_profile,
+        slug,
+        hash,
+        config,
+        concurrency,
+    )
+    .await;
+    let (mut qs, report) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("composed questions cut short by the infrastructure: {e}");
+            return None;
+        }
+    };
+    info!(
+        "composed {} questions from {} candidates ({} chains sampled); refused: {:?}",
+        report.kept, report.candidates, report.sampled_chains, report.refused
+    );
+    if let Some(shard) = shared.settings.shard {
+        qs.retain(|q| shard.owns(slug, &q.id));
+    }
+    let path = compose_report_path(&shared.settings.out, slug);
+    let bytes = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    if let Err(e) = store::write_atomic(&path, &bytes) {
+        warn!("could not write {}: {e}", path.display());
+    }
+    Some(qs)
 }

@@ -44,6 +44,10 @@ pub struct DatasetSummary {
     /// Restarts, workers lost, OOM kills, timeouts and retries in this run.
     #[serde(default)]
     pub incidents: Incidents,
+    /// Composed questions: chains sampled, candidates, kept, refusals by
+    /// guard (when the run composed questions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<crate::questions::compose::ComposeReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,5 +127,6 @@ pub fn dataset_summary(manifest: &Manifest, row: &DatasetRow) -> DatasetSummary 
         elapsed: row.elapsed,
         llm_usage: None,
         incidents: Incidents::default(),
+        compose: None,
     }
 }

@@ -2,6 +2,7 @@
 //! ground truth of each question established by running its reference
 //! program (and its alternatives) in jailed workers.
 
+pub mod compose;
 pub mod llm;
 pub mod template;
 

@@ -569,6 +569,8 @@ impl Template {
             dataset: dataset.to_string(),
             dataset_hash: dataset_hash.to_string(),
             programs: Some(programs),
+            category: None,
+            composition: None,
         })
     }
 }

@@ -280,6 +280,8 @@ mod tests {
             dataset: "d".into(),
             dataset_hash: "h".into(),
             programs: None,
+            category: None,
+            composition: None,
         }
     }
 

@@ -276,6 +276,8 @@ pub(super) fn validate_one(
         dataset: slug.to_string(),
         dataset_hash: dataset_hash.to_string(),
         programs: None,
+        category: None,
+        composition: None,
     })
 }
 
