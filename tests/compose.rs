@@ -10,23 +10,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use common::*;
 use csv_agent::schema::{Episode, Question, QuestionSource};
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn read_jsonl<T: serde::de::DeserializeOwned>(p: &Path) -> Vec<T> {
     std::fs::read_to_string(p)

@@ -19,19 +19,6 @@ use csv_agent::schema::{Difficulty, Episode};
 use openai_server::{Request, Response, Server};
 use serde_json::Value;
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 /// The real binary, from a scratch working directory (no csv-agent.toml)
 /// and without the caller's model settings.
 fn csv_agent_in(dir: &Path, args: &[String]) -> Output {

@@ -31,15 +31,6 @@ fn k8s(name: &str) -> PathBuf {
     repo().join("deploy/k8s").join(name)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A venv with the validator (and PyYAML, its dependency), made once under
 /// target/ and reused; serialised between test processes by a lock file.
 fn venv() -> PathBuf {

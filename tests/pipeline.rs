@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,15 +17,6 @@ use serde_json::Value;
 
 fn registry() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn episodes(out: &Path) -> Vec<Episode> {
@@ -55,10 +46,6 @@ fn dataset_summary<'a>(summary: &'a Value, slug: &str) -> &'a Value {
         .as_array()
         .and_then(|ds| ds.iter().find(|d| d["dataset"] == slug))
         .unwrap_or_else(|| panic!("{slug} in summary: {summary}"))
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]

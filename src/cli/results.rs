@@ -254,10 +254,10 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
                     table.add_row(vec![
                         String::new(),
                         String::new(),
-                        "chain".to_string(),
+                        String::new(),
                         String::new(),
                         format!(
-                            "{}  [{}{}; score {}]",
+                            "chain: {}  [{}{}; score {}]",
                             c.chain.join(" -> "),
                             q.category.as_deref().unwrap_or("-"),
                             c.builds_on

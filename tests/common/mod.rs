@@ -127,3 +127,18 @@ pub fn assert_ok(cell: &CellResult) {
 pub fn short_timeout(limits: &mut Limits) {
     limits.cell_timeout = Duration::from_secs(10);
 }
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A path as the `&str` a command line takes.
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
