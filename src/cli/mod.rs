@@ -145,7 +145,7 @@ pub fn main() -> i32 {
         // exit the way a signalled process does.
         tokio::select! {
             result = work => result,
-            signal = interrupted() => {
+            signal = crate::serve::server::terminated() => {
                 eprintln!("csv-agent: interrupted by {signal}; jails stopped");
                 Ok(128 + if signal == "SIGTERM" { 15 } else { 2 })
             }
@@ -177,21 +177,5 @@ fn raise_open_files_limit() {
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
-    }
-}
-
-/// Resolves on the first SIGINT or SIGTERM, naming it.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without handlers the default action (terminate) applies; never resolve.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }

@@ -744,8 +744,9 @@ async fn score(state: &State, req: Request<Incoming>) -> Result<Response<Full<By
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, naming it.
-async fn terminated() -> &'static str {
+/// Resolves on the first SIGINT or SIGTERM, naming it (the server's drain
+/// and the CLI's interruption both wait on this).
+pub async fn terminated() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
