@@ -658,8 +658,11 @@ async fn answer_dataset(
         });
     }
     let data_profile = profile_dataset(jail).await?;
-    let (questions, complete) =
-        questions::load_or_make_questions(shared, dataset, jail, hash, &data_profile).await?;
+    let questions::Prepared {
+        questions,
+        complete,
+        mut runs,
+    } = questions::load_or_make_questions(shared, dataset, jail, hash, &data_profile).await?;
     let key = complete.then(|| questions::questions_key(shared, hash));
     let n = questions.len();
     if shared.settings.questions_only {
@@ -671,12 +674,14 @@ async fn answer_dataset(
     let mut already = 0;
     for q in questions {
         let fp = fingerprint(&q, teacher);
+        let recorded = runs.remove(&q.id);
         if resume::is_done(shared, &fp) {
             already += 1;
         } else {
-            todo.push((fp, q));
+            todo.push((fp, q, recorded));
         }
     }
+    drop(runs);
     info!(
         "{n} questions: {already} already done, {} to answer",
         todo.len()
@@ -684,7 +689,9 @@ async fn answer_dataset(
     shared.reporter.dataset_started(&dataset.slug, n, already);
     let concurrency = shared.settings.question_concurrency.max(1);
     let outcomes: Vec<Result<(), StoreError>> = stream::iter(todo)
-        .map(|(fp, q)| answer::answer_question(shared, dataset, jail, &data_profile, fp, q))
+        .map(|(fp, q, recorded)| {
+            answer::answer_question(shared, dataset, jail, &data_profile, fp, q, recorded)
+        })
         .buffer_unordered(concurrency)
         .collect()
         .await;

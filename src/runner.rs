@@ -139,13 +139,24 @@ pub async fn run_steps(
     })
 }
 
+/// The traces of one run of a question's programs: recorded once, when the
+/// ground truth is established, and the program teacher's traces too (its
+/// traces are these very runs, not a second execution of the same code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramRuns {
+    /// The reference program, one turn per step.
+    pub reference: Trace,
+    /// Each alternative, one turn, in the question's order.
+    pub alternatives: Vec<Trace>,
+}
+
 /// The reference program (one turn per step) and each alternative (one
 /// turn), every one in its own fresh worker, all concurrently. An
 /// infrastructure failure in any of them is the `Err` of the whole.
 pub async fn run_programs(
     sandbox: &dyn TaskSource,
     programs: &Programs,
-) -> Result<(Trace, Vec<Trace>), Infra> {
+) -> Result<ProgramRuns, Infra> {
     let alternatives: Vec<[ProgramStep; 1]> = programs
         .alternatives
         .iter()
@@ -165,7 +176,8 @@ pub async fn run_programs(
             .map(|(a, steps)| run_steps(sandbox, &a.name, steps)),
     );
     let (reference, others) = futures::join!(reference, others);
-    let reference = reference?;
-    let others = others.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok((reference, others))
+    Ok(ProgramRuns {
+        reference: reference?,
+        alternatives: others.into_iter().collect::<Result<Vec<_>, _>>()?,
+    })
 }

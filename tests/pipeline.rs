@@ -4,6 +4,8 @@
 //! that read a run's output.
 
 mod common;
+#[path = "support/golden_run.rs"]
+mod golden_run;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -56,6 +58,8 @@ fn a_full_run_verifies_every_template_on_every_shipped_dataset_and_resumes_as_a_
     let o = csv_agent(&["run", "--datasets", path(&reg), "--out", path(&out)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
+    // The same episodes as the golden run, apart from timings.
+    golden_run::assert_matches_golden(&out.join("episodes.jsonl"));
     let all = episodes(&out);
     let catalog = csv_agent::questions::catalog().expect("catalog");
     assert!(catalog.len() >= 32);

@@ -37,9 +37,10 @@ async fn start(csv: &Path) -> (Sandbox, DataProfile) {
 /// The question's ground truth, after checking every alternative agrees.
 async fn truth(sb: &Sandbox, q: Question) -> Value {
     let programs = q.programs.clone().expect("programs");
-    let (reference, others) = run_programs(sb, &programs)
+    let runs = run_programs(sb, &programs)
         .await
         .expect("no infrastructure fault");
+    let (reference, others) = (runs.reference, runs.alternatives);
     let answer = reference.final_answer.clone().unwrap_or_else(|| {
         panic!("reference failed: {:?}", reference.error);
     });
@@ -50,7 +51,7 @@ async fn truth(sb: &Sandbox, q: Question) -> Value {
             .unwrap_or_else(|| panic!("alternative {} failed: {:?}", o.label, o.error));
         assert!(answers_match(&answer, a), "{}: {a} vs {answer}", o.label);
     }
-    let q = establish_ground_truth(sb, q).await.expect("ground truth");
+    let (q, _) = establish_ground_truth(sb, q).await.expect("ground truth");
     let gt = q.ground_truth.expect("ground truth");
     assert_eq!(gt, answer);
     gt

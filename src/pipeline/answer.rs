@@ -10,10 +10,14 @@ use super::resume::episode_row;
 use super::{GiveUp, Jail, Shared};
 use crate::datasets::Dataset;
 use crate::profile::DataProfile;
+use crate::runner::ProgramRuns;
 use crate::schema::{Episode, Question, Timing};
 use crate::store::{QuestionRow, QuestionStatus, Stage, StoreError};
 use crate::teacher::{triangulate, TeacherError};
 
+/// `recorded`: the question's programs as they ran for its ground truth in
+/// this run, which the teacher takes as its traces when they are its own
+/// (the program teacher), instead of running the same code again.
 pub(super) async fn answer_question(
     shared: &Shared,
     dataset: &Dataset,
@@ -21,12 +25,17 @@ pub(super) async fn answer_question(
     data_profile: &DataProfile,
     fingerprint: String,
     question: Question,
+    recorded: Option<ProgramRuns>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let slug = &dataset.slug;
     let teacher = shared.teacher.as_ref();
     let mut attempt = 1;
+    let reused = recorded.and_then(|runs| teacher.recorded(&question, runs));
     let outcome = loop {
+        if let Some(run) = reused {
+            break Ok(run);
+        }
         if shared.model_failed().is_some() {
             // Left undone (no mark at all): the next run takes it up.
             return Ok(());

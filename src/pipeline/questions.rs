@@ -4,6 +4,7 @@
 //! run reuses while its key (catalog, data, cap, shard, sources, memory)
 //! is unchanged.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use futures::stream::{self, StreamExt};
@@ -15,6 +16,7 @@ use crate::profile::DataProfile;
 use crate::questions::compose;
 use crate::questions::llm as llm_questions;
 use crate::questions::{self, establish_ground_truth, GroundTruthError, Template};
+use crate::runner::ProgramRuns;
 use crate::schema::Question;
 use crate::store::{
     self, DatasetRow, DatasetStatus, QuestionRow, QuestionStatus, Stage, StoreError, QUESTIONS_DIR,
@@ -166,22 +168,41 @@ pub(super) async fn reusable_questions(
     }
 }
 
-/// The dataset's questions, and whether the set is complete (no ground
-/// truth was cut short by the infrastructure; an incomplete set is not
-/// reused by the next run).
+/// A question with its ground truth and the runs that established it.
+type GroundTruth = Result<(Question, ProgramRuns), GroundTruthError>;
+
+/// A dataset's questions, ready to be answered.
+pub(super) struct Prepared {
+    pub questions: Vec<Question>,
+    /// No ground truth was cut short by the infrastructure (an incomplete
+    /// set is not reused by the next run).
+    pub complete: bool,
+    /// The programs' runs recorded while this run established the ground
+    /// truth, by question id (empty when the questions came from a file):
+    /// a teacher whose traces they are takes them instead of running the
+    /// same programs again.
+    pub runs: HashMap<String, ProgramRuns>,
+}
+
+/// The dataset's questions (from the questions file when it is reusable,
+/// otherwise made and their ground truth established now).
 pub(super) async fn load_or_make_questions(
     shared: &Shared,
     dataset: &Dataset,
     jail: &Jail,
     hash: &str,
     data_profile: &DataProfile,
-) -> Result<(Vec<Question>, bool), DatasetError> {
+) -> Result<Prepared, DatasetError> {
     let slug = &dataset.slug;
     let path = questions_path(&shared.settings.out, slug);
     let key = questions_key(shared, hash);
     if let Some(qs) = reusable_questions(shared, slug, hash).await {
         info!("reusing {} questions from {}", qs.len(), path.display());
-        return Ok((qs, true));
+        return Ok(Prepared {
+            questions: qs,
+            complete: true,
+            runs: HashMap::new(),
+        });
     }
     // Model questions first: if the model fails, little work is lost.
     let mut generated = Vec::new();
@@ -260,7 +281,7 @@ pub(super) async fn load_or_make_questions(
             .await?;
     }
     let concurrency = shared.settings.question_concurrency.max(1);
-    let results: Vec<(Question, Result<Question, GroundTruthError>)> = stream::iter(candidates)
+    let results: Vec<(Question, GroundTruth)> = stream::iter(candidates)
         .map(|q| async move {
             let outcome = ground_truth_with_retries(jail, q.clone()).await;
             (q, outcome)
@@ -269,9 +290,13 @@ pub(super) async fn load_or_make_questions(
         .collect()
         .await;
     let mut kept = Vec::new();
+    let mut runs = HashMap::new();
     for (q, outcome) in results {
         match outcome {
-            Ok(q) => kept.push(q),
+            Ok((q, recorded)) => {
+                runs.insert(q.id.clone(), recorded);
+                kept.push(q);
+            }
             Err(GroundTruthError::Infrastructure(e)) => {
                 // Not a fact about the question: recorded as failed for this
                 // run (with the reason), never stored as its ground truth;
@@ -336,15 +361,16 @@ pub(super) async fn load_or_make_questions(
             elapsed: 0.0,
         })
         .await?;
-    Ok((kept, complete))
+    Ok(Prepared {
+        questions: kept,
+        complete,
+        runs,
+    })
 }
 
 /// Ground truth of one question, run again in a healthy sandbox after an
 /// infrastructure failure (at most `max_retries` times).
-pub(super) async fn ground_truth_with_retries(
-    jail: &Jail,
-    question: Question,
-) -> Result<Question, GroundTruthError> {
+pub(super) async fn ground_truth_with_retries(jail: &Jail, question: Question) -> GroundTruth {
     let mut attempt = 1;
     loop {
         let (generation, sandbox) = jail.current().await;

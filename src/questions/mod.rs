@@ -7,7 +7,7 @@ pub mod llm;
 pub mod template;
 
 use crate::answers::{answer_hash, answers_match};
-use crate::runner::{run_programs, Infra};
+use crate::runner::{run_programs, Infra, ProgramRuns};
 use crate::schema::Question;
 use crate::serve::source::TaskSource;
 
@@ -93,21 +93,26 @@ pub enum GroundTruthError {
 /// An alternative that disagrees is left out here; the teacher's
 /// triangulation records the disagreement with its reason. A degenerate
 /// reference answer ([`degenerate_at`]) makes the question ineligible.
+///
+/// The runs come back with the question: they are the traces a teacher
+/// that runs these same programs would record (the program teacher), so
+/// they are kept instead of executed again.
 pub async fn establish_ground_truth(
     sandbox: &dyn TaskSource,
     mut question: Question,
-) -> Result<Question, GroundTruthError> {
+) -> Result<(Question, ProgramRuns), GroundTruthError> {
     let Some(programs) = question.programs.clone() else {
         return Err(QuestionFailure::failed(
             "the question has no programs to compute its ground truth".into(),
         )
         .into());
     };
-    let (reference, others) = run_programs(sandbox, &programs).await?;
+    let runs = run_programs(sandbox, &programs).await?;
+    let reference = &runs.reference;
     let Some(truth) = reference.final_answer.clone().filter(|_| reference.success) else {
         return Err(QuestionFailure::failed(format!(
             "reference program failed: {}",
-            reference.error.unwrap_or_else(|| "no answer".into())
+            reference.error.as_deref().unwrap_or("no answer")
         ))
         .into());
     };
@@ -119,7 +124,7 @@ pub async fn establish_ground_truth(
         .into());
     }
     let mut hashes = vec![answer_hash(&truth)];
-    for trace in &others {
+    for trace in &runs.alternatives {
         if let Some(answer) = trace.final_answer.as_ref().filter(|_| trace.success) {
             let h = answer_hash(answer);
             if answers_match(&truth, answer) && !hashes.contains(&h) {
@@ -130,7 +135,7 @@ pub async fn establish_ground_truth(
     question.ground_truth_hash = Some(hashes[0].clone());
     question.ground_truth = Some(truth);
     question.ground_truth_hashes = hashes;
-    Ok(question)
+    Ok((question, runs))
 }
 
 #[cfg(test)]

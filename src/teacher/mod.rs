@@ -16,6 +16,7 @@ use std::pin::Pin;
 use serde_json::Value;
 
 use crate::profile::DataProfile;
+use crate::runner::ProgramRuns;
 use crate::schema::{Question, Trace};
 use crate::serve::source::TaskSource;
 
@@ -95,4 +96,12 @@ pub trait Teacher: Send + Sync {
         question: &'a Question,
         data: &'a DataProfile,
     ) -> BoxFuture<'a, Result<TeacherRun, TeacherError>>;
+    /// The teacher's traces when they are the runs already recorded while
+    /// the ground truth was established (`runs`: the question's reference
+    /// and alternative programs, run once): the program teacher's are, so
+    /// the same code is not executed twice. None (the default): the
+    /// teacher runs, as a model writing new code must.
+    fn recorded(&self, _question: &Question, _runs: ProgramRuns) -> Option<TeacherRun> {
+        None
+    }
 }

@@ -3,12 +3,17 @@
 //! sentence, its code, its execution with hooks); each alternative program
 //! is a consistency trace in its own fresh worker. All traces of a question
 //! run concurrently. Needs no network.
+//!
+//! These are exactly the runs that establish a question's ground truth, so
+//! when the pipeline has just recorded them it hands them over
+//! ([`Teacher::recorded`]) and nothing runs twice; `answer` runs them only
+//! for questions whose ground truth came from an earlier run's file.
 
 use serde_json::{json, Value};
 
 use super::{BoxFuture, Teacher, TeacherError, TeacherRun};
 use crate::profile::DataProfile;
-use crate::runner::run_programs;
+use crate::runner::{run_programs, ProgramRuns};
 use crate::schema::Question;
 use crate::serve::source::TaskSource;
 
@@ -42,14 +47,28 @@ impl Teacher for ProgramTeacher {
                     reason: "it has no reference program (only template questions do)".into(),
                 });
             };
-            let (gold, consistency) = run_programs(sandbox, programs).await.map_err(|error| {
+            let runs = run_programs(sandbox, programs).await.map_err(|error| {
                 TeacherError::Infrastructure {
                     id: question.id.clone(),
                     error,
                     usage: Default::default(),
                 }
             })?;
-            Ok(TeacherRun { gold, consistency })
+            Ok(traces(runs))
         })
+    }
+
+    fn recorded(&self, question: &Question, runs: ProgramRuns) -> Option<TeacherRun> {
+        // Only runs of this question's programs are its traces.
+        question.programs.is_some().then(|| traces(runs))
+    }
+}
+
+/// The gold trace is the reference program's run; each alternative's run
+/// is a consistency trace.
+fn traces(runs: ProgramRuns) -> TeacherRun {
+    TeacherRun {
+        gold: runs.reference,
+        consistency: runs.alternatives,
     }
 }
