@@ -5,6 +5,7 @@
 //! questions, teachers or LLMs.
 
 pub mod answers;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod datasets;

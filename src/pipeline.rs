@@ -567,7 +567,7 @@ async fn prepare_and_answer(
     }
     let mut opts = SandboxOptions::new(&dataset.csv, settings.image.clone())?;
     opts.allow_degraded = settings.allow_degraded;
-    opts.spare_workers = settings.question_concurrency.clamp(1, 8);
+    opts.spare_workers = crate::capacity::spare_workers(settings.question_concurrency);
     opts.limits = Limits::for_dataset(crate::datasets::csv_bytes(&dataset.csv), settings.limits);
     info!(
         "limits: {} MiB per worker, cell timeout {} s",

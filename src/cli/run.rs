@@ -9,17 +9,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tracing_subscriber::prelude::*;
 
+use crate::capacity;
 use crate::datasets::Registry;
 use crate::logs::DatasetLogs;
 use crate::pipeline::{self, DatasetSummary, Reporter, RunSettings, RunSummary, Shard};
 use crate::store::{DatasetStatus, LOGS_DIR};
 use crate::teacher::{LlmTeacher, ProgramTeacher, Teacher};
-
-/// Memory a live sandbox is budgeted for when `--jobs` is not given: the
-/// zygote (~200–400 MiB with the data stack and the frame) plus its
-/// concurrent workers.
-const SANDBOX_BUDGET: u64 = 1536 << 20;
-const MAX_DEFAULT_JOBS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TeacherKind {
@@ -382,10 +377,39 @@ pub struct QuestionsArgs {
     llm: LlmArgs,
 }
 
-fn default_jobs(datasets: usize) -> usize {
-    let available = mem_available();
-    let by_memory = (available / SANDBOX_BUDGET).max(1) as usize;
-    by_memory.min(MAX_DEFAULT_JOBS).min(datasets.max(1))
+/// Workers a question of the program teacher holds at once: its reference
+/// and at most two alternatives (templates and composed questions).
+const PROGRAM_WORKERS_PER_QUESTION: usize = 3;
+
+/// Datasets at a time and questions in flight: the ones given, the rest
+/// derived from MemAvailable and the measured costs ([`capacity`]).
+fn capacity_plan(
+    datasets: &[crate::datasets::Dataset],
+    jobs: Option<usize>,
+    concurrency: Option<usize>,
+    workers_per_question: usize,
+    wanted_concurrency: usize,
+) -> Result<capacity::Plan> {
+    let largest_csv = datasets
+        .iter()
+        .map(|d| crate::datasets::csv_bytes(&d.csv))
+        .max()
+        .unwrap_or(0);
+    let (mem_available, memory_source) =
+        capacity::memory_available(4 << 30).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(capacity::plan(
+        &capacity::Inputs {
+            mem_available,
+            memory_source,
+            datasets: datasets.len(),
+            largest_csv,
+            workers_per_question,
+            wanted_concurrency,
+            jobs,
+            concurrency,
+        },
+        &capacity::MEASURED,
+    ))
 }
 
 fn cpus() -> usize {
@@ -394,11 +418,13 @@ fn cpus() -> usize {
         .unwrap_or(2)
 }
 
+/// The run's settings, the capacity plan they took `jobs` and
+/// `question_concurrency` from, and `--jobs` as given.
 async fn settings(
     select: SelectArgs,
     questions_only: bool,
     config: Option<&std::path::Path>,
-) -> Result<RunSettings> {
+) -> Result<(RunSettings, capacity::Plan, Option<usize>)> {
     let file = crate::config::load_file(crate::config::config_path(config).as_deref())?;
     let limits = select.limits.resolve(&file)?;
     let root = super::datasets::registry_dir(select.datasets)?;
@@ -440,9 +466,17 @@ async fn settings(
         crate::questions::catalog_with(Some(dir))?;
     }
     let image = super::image::ensure_image().await?;
-    Ok(RunSettings {
-        jobs: select.jobs.unwrap_or_else(|| default_jobs(datasets.len())),
-        question_concurrency: select.concurrency.unwrap_or(2 * cpus()),
+    // The program teacher's plan; the LLM teacher's is made again in `run`.
+    let plan = capacity_plan(
+        &datasets,
+        select.jobs,
+        select.concurrency,
+        PROGRAM_WORKERS_PER_QUESTION,
+        2 * cpus(),
+    )?;
+    let settings = RunSettings {
+        jobs: plan.jobs,
+        question_concurrency: plan.concurrency,
         datasets,
         unusable,
         out: select.out,
@@ -470,33 +504,20 @@ async fn settings(
             ..Default::default()
         },
         serve: super::serve::endpoint(select.serve.as_deref()),
-    })
+    };
+    Ok((settings, plan, select.jobs))
 }
 
 /// At most this many questions in flight per dataset for the LLM teacher
 /// when `--concurrency` is not given: each question waits on the model most
-/// of the time, so many more than CPUs (each question holds 1 + N workers).
+/// of the time, so many more than CPUs (each question holds 1 + N workers),
+/// fewer when memory says so ([`capacity::plan`]).
 const LLM_QUESTION_CONCURRENCY: usize = 32;
-/// Memory budgeted per in-flight LLM trace when sizing that default: a
-/// worker with a realistic cell costs 16 MiB on penguins and 72 MiB on a
-/// 50 MB CSV (the jail bench, docs/architecture.md).
-const LLM_TRACE_BUDGET: u64 = 64 << 20;
 
-fn mem_available() -> u64 {
-    use procfs::Current;
-    procfs::Meminfo::current()
-        .ok()
-        .and_then(|m| m.mem_available)
-        .unwrap_or(4 << 30)
-}
-
-/// Questions in flight per dataset for the LLM teacher: as many as memory
-/// allows for `jobs` datasets at once, between 2 and 32.
-fn default_llm_concurrency(jobs: usize, n: &crate::teacher::NConsistency) -> usize {
-    let mean_traces = 1 + (n.easy + n.medium + n.hard + n.very_hard).div_ceil(4);
-    let per_question = LLM_TRACE_BUDGET * u64::from(mean_traces);
-    let per_dataset = mem_available() / jobs.max(1) as u64;
-    ((per_dataset / per_question) as usize).clamp(2, LLM_QUESTION_CONCURRENCY)
+/// Workers one question of the LLM teacher holds: its gold trace and, on
+/// average over the difficulties, its consistency traces.
+fn llm_workers_per_question(n: &crate::teacher::NConsistency) -> usize {
+    1 + (n.easy + n.medium + n.hard + n.very_hard).div_ceil(4) as usize
 }
 
 pub async fn run(args: RunArgs) -> Result<i32> {
@@ -514,7 +535,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         TeacherKind::Program => None,
         TeacherKind::Llm => Some(model_setup(&args.llm, "--teacher llm").await?),
     };
-    let mut settings = settings(args.select, false, args.llm.config.as_deref()).await?;
+    let (mut settings, mut plan, jobs_given) =
+        settings(args.select, false, args.llm.config.as_deref()).await?;
     settings.sources.template = template;
     if !compose {
         settings.sources.compose = None;
@@ -530,14 +552,19 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                     sampling: setup.sampling.clone(),
                 });
             }
-            if !concurrency_given {
-                settings.question_concurrency =
-                    default_llm_concurrency(settings.jobs, &config.n_consistency);
-            }
+            plan = capacity_plan(
+                &settings.datasets,
+                jobs_given,
+                concurrency_given.then_some(settings.question_concurrency),
+                llm_workers_per_question(&config.n_consistency),
+                LLM_QUESTION_CONCURRENCY,
+            )?;
+            settings.jobs = plan.jobs;
+            settings.question_concurrency = plan.concurrency;
             Arc::new(LlmTeacher::new(setup.client, setup.sampling, config))
         }
     };
-    execute(settings, teacher).await
+    execute(settings, teacher, &plan).await
 }
 
 pub async fn questions(args: QuestionsArgs) -> Result<i32> {
@@ -546,7 +573,7 @@ pub async fn questions(args: QuestionsArgs) -> Result<i32> {
         false => None,
         true => Some(model_setup(&args.llm, "--source llm").await?),
     };
-    let mut settings = settings(args.select, true, args.llm.config.as_deref()).await?;
+    let (mut settings, plan, _) = settings(args.select, true, args.llm.config.as_deref()).await?;
     if let Some(setup) = setup {
         settings.sources.llm = Some(pipeline::LlmQuestions {
             chat: setup.client.clone(),
@@ -558,10 +585,14 @@ pub async fn questions(args: QuestionsArgs) -> Result<i32> {
     if !compose {
         settings.sources.compose = None;
     }
-    execute(settings, Arc::new(ProgramTeacher)).await
+    execute(settings, Arc::new(ProgramTeacher), &plan).await
 }
 
-async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32> {
+async fn execute(
+    settings: RunSettings,
+    teacher: Arc<dyn Teacher>,
+    plan: &capacity::Plan,
+) -> Result<i32> {
     let out = settings.out.clone();
     let questions_only = settings.questions_only;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -572,11 +603,11 @@ async fn execute(settings: RunSettings, teacher: Arc<dyn Teacher>) -> Result<i32
         .with(crate::logs::StderrLogs::from_env())
         .set_default();
     eprintln!(
-        "csv-agent: {} dataset(s), {} at a time, output in {}",
+        "csv-agent: {} dataset(s), output in {}",
         settings.datasets.len() + settings.unusable.len(),
-        settings.jobs,
         out.display()
     );
+    eprintln!("csv-agent: {plan}");
     let csvs: Vec<&std::path::Path> = settings.datasets.iter().map(|d| d.csv.as_path()).collect();
     eprintln!("csv-agent: {}", limits_line(settings.limits, &csvs));
     let reporter: Arc<dyn Reporter> = Arc::from(super::progress::reporter());

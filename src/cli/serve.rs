@@ -92,14 +92,7 @@ pub async fn run(args: ServeArgs) -> Result<i32> {
     }
     let budget = match &args.memory_budget {
         Some(t) => parse_size(t).map_err(|e| anyhow::anyhow!("--memory-budget: {e}"))?,
-        None => {
-            use procfs::Current;
-            procfs::Meminfo::current()
-                .ok()
-                .and_then(|m| m.mem_available)
-                .unwrap_or(8 << 30)
-                / 2
-        }
+        None => crate::capacity::mem_available(8 << 30) / 2,
     };
     let max_body = parse_size(&args.max_body).map_err(|e| anyhow::anyhow!("--max-body: {e}"))?;
     if args.max_sessions == 0 {
