@@ -71,6 +71,7 @@ struct RunFigures {
     worker_wait: f64,
     execution: f64,
     supervisor_cpu: f64,
+    workers: csv_agent::sandbox::WorkerStats,
 }
 
 fn main() {
@@ -139,6 +140,7 @@ fn main() {
             serve: None,
         };
         let cpu_before = own_cpu();
+        let workers_before = csv_agent::sandbox::process_totals();
         let t = Instant::now();
         let summary = runtime
             .block_on(pipeline::run(
@@ -169,6 +171,7 @@ fn main() {
                 .map(|turn| turn.execution.elapsed_ms / 1000.0)
                 .sum(),
             supervisor_cpu,
+            workers: csv_agent::sandbox::process_totals().since(&workers_before),
         };
         println!(
             "{:>4} {:>8.1} {:>9} {:>9} {:>11.2}",
@@ -214,6 +217,15 @@ fn main() {
         f.worker_wait,
         100.0 * f.worker_wait / f.trace_wall.max(1e-9),
         1000.0 * f.worker_wait / f.traces.max(1) as f64
+    );
+    println!(
+        "  forks                           {} workers for {} traces, {:.1} ms each (request to hello; {:.1} s summed); {} of {} tasks took a pre-forked spare",
+        f.workers.forks,
+        f.traces,
+        f.workers.mean_fork_ms(),
+        f.workers.fork_seconds,
+        f.workers.from_spares,
+        f.workers.from_spares + f.workers.fresh
     );
     println!(
         "  protocol + scheduling (rest)    {:.1} s ({:.0} %, {:.1} ms per cell)",

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::sandbox::{CellStatus, Sandbox, SandboxError, SandboxOptions};
 use crate::serve::source::{RemoteSource, Workers};
@@ -322,6 +322,10 @@ impl Jail {
     /// Stop the live sandbox (replaced ones were stopped when replaced).
     pub async fn shutdown(self) {
         self.harvest_faults().await;
-        self.current.into_inner().sandbox.shutdown().await;
+        let current = self.current.into_inner();
+        if let Workers::Local(sandbox) = &current.sandbox {
+            info!("sandbox {}: {}", sandbox.id(), sandbox.worker_stats());
+        }
+        current.sandbox.shutdown().await;
     }
 }

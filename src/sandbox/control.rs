@@ -188,7 +188,12 @@ pub(super) const FORK_BACKOFF: Duration = Duration::from_millis(50);
 pub(super) async fn fork_worker(shared: &Arc<Shared>) -> Result<Worker, SandboxError> {
     let mut attempt = 1;
     loop {
+        let started = std::time::Instant::now();
         match fork_once(shared).await {
+            Ok(worker) => {
+                shared.stats.forked(started.elapsed());
+                return Ok(worker);
+            }
             Err(SandboxError::Fork {
                 worker_id,
                 error,

@@ -17,7 +17,7 @@ use super::protocol::{ChannelPolicy, FramedSocket, ToZygote, WorkerLimits, Zygot
 use super::spec::{self, check_image_location, HostView, JailInputs, WorkerSetup};
 use super::unconfined::{unconfined_csv_path, unconfined_spec, unconfined_workdir, UnconfinedDir};
 use super::{
-    cgroup, layers, measure, reaper, seccomp, spawn, uids, ExitInfo, Fault, IdLease,
+    cgroup, layers, measure, reaper, seccomp, spawn, stats, uids, ExitInfo, Fault, IdLease,
     IsolationReport, Layer, Limits, SandboxError, SandboxOptions, Task, Worker, WorkerIsolation,
 };
 
@@ -34,6 +34,7 @@ pub(super) struct Shared {
     pub(super) spares: tokio::sync::Mutex<Vec<Worker>>,
     pub(super) spare_target: usize,
     pub(super) refilling: AtomicBool,
+    pub(super) stats: stats::Counters,
     pub(super) faults: Mutex<Vec<Fault>>,
     pub(super) closed: AtomicBool,
     pub(super) zygote_group: Option<Arc<cgroup::Group>>,
@@ -223,6 +224,7 @@ impl Sandbox {
             spares: tokio::sync::Mutex::new(Vec::new()),
             spare_target: opts.spare_workers,
             refilling: AtomicBool::new(false),
+            stats: stats::Counters::new(),
             faults: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             zygote_group,
@@ -310,6 +312,11 @@ impl Sandbox {
         Some(self.shared.jail.lock().ok()?.as_ref()?.init_pid)
     }
     /// Faults seen so far (timeouts, OOM kills, crashes).
+    /// How this sandbox's workers were obtained so far.
+    pub fn worker_stats(&self) -> stats::WorkerStats {
+        self.shared.stats.snapshot()
+    }
+
     pub fn faults(&self) -> Vec<Fault> {
         self.shared
             .faults
@@ -322,8 +329,14 @@ impl Sandbox {
     pub async fn acquire(&self) -> Result<Worker, SandboxError> {
         let spare = self.shared.spares.lock().await.pop();
         let worker = match spare {
-            Some(w) if w.is_alive() => w,
-            _ => fork_worker(&self.shared).await?,
+            Some(w) if w.is_alive() => {
+                self.shared.stats.acquired(true);
+                w
+            }
+            _ => {
+                self.shared.stats.acquired(false);
+                fork_worker(&self.shared).await?
+            }
         };
         self.refill_spares();
         Ok(worker)

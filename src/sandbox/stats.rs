@@ -1,0 +1,115 @@
+//! How workers were obtained: forks (timed from the request to the
+//! worker's hello, which covers the zygote's fork and the worker's own
+//! jail set-up) and acquisitions served by a pre-forked spare or by a fork
+//! while the task waited. Counted per sandbox and for the whole process
+//! (the pipeline bench reads the process totals).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStats {
+    /// Workers forked (spares included).
+    pub forks: u64,
+    /// Summed wall time of those forks, from request to hello.
+    pub fork_seconds: f64,
+    /// Tasks that got a pre-forked spare.
+    pub from_spares: u64,
+    /// Tasks that waited for a fork of their own.
+    pub fresh: u64,
+}
+
+impl WorkerStats {
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.forks += other.forks;
+        self.fork_seconds += other.fork_seconds;
+        self.from_spares += other.from_spares;
+        self.fresh += other.fresh;
+    }
+
+    /// Mean fork time in milliseconds (0 without forks).
+    pub fn mean_fork_ms(&self) -> f64 {
+        if self.forks == 0 {
+            0.0
+        } else {
+            1000.0 * self.fork_seconds / self.forks as f64
+        }
+    }
+
+    /// The difference `self - earlier` (counters only grow).
+    pub fn since(&self, earlier: &WorkerStats) -> WorkerStats {
+        WorkerStats {
+            forks: self.forks.saturating_sub(earlier.forks),
+            fork_seconds: (self.fork_seconds - earlier.fork_seconds).max(0.0),
+            from_spares: self.from_spares.saturating_sub(earlier.from_spares),
+            fresh: self.fresh.saturating_sub(earlier.fresh),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let acquired = self.from_spares + self.fresh;
+        write!(
+            f,
+            "{} workers forked ({:.1} ms each on average, request to hello); {} of {} tasks got a pre-forked spare",
+            self.forks,
+            self.mean_fork_ms(),
+            self.from_spares,
+            acquired
+        )
+    }
+}
+
+pub(super) struct Counters {
+    forks: AtomicU64,
+    fork_ns: AtomicU64,
+    from_spares: AtomicU64,
+    fresh: AtomicU64,
+}
+
+static PROCESS: Counters = Counters::new();
+
+impl Counters {
+    pub(super) const fn new() -> Counters {
+        Counters {
+            forks: AtomicU64::new(0),
+            fork_ns: AtomicU64::new(0),
+            from_spares: AtomicU64::new(0),
+            fresh: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn forked(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        for c in [self, &PROCESS] {
+            c.forks.fetch_add(1, Ordering::Relaxed);
+            c.fork_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn acquired(&self, spare: bool) {
+        for c in [self, &PROCESS] {
+            if spare {
+                c.from_spares.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.fresh.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            forks: self.forks.load(Ordering::Relaxed),
+            fork_seconds: self.fork_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            from_spares: self.from_spares.load(Ordering::Relaxed),
+            fresh: self.fresh.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every sandbox of this process, since it started.
+pub fn process_totals() -> WorkerStats {
+    PROCESS.snapshot()
+}
