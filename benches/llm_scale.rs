@@ -567,6 +567,7 @@ fn settings(
         max_questions: Some(cfg.max_questions),
         jobs,
         question_concurrency: cfg.concurrency,
+        spare_workers: None,
         shard: None,
         fresh: questions_only,
         image: image.clone(),

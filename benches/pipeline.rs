@@ -4,7 +4,8 @@
 //! protocol (trace wall time minus execution), and the supervisor's own CPU.
 //!
 //! `cargo bench --bench pipeline` (3 runs; `-- --runs N` for more,
-//! `-- --max-questions N` for a shorter run).
+//! `-- --max-questions N` for a shorter run, `-- --spares N` to size the
+//! pre-forked worker pool instead of the pipeline's policy).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,6 +85,8 @@ fn main() {
     };
     let runs = flag("--runs").unwrap_or(3).max(1);
     let max_questions = flag("--max-questions");
+    // Pre-forked workers per sandbox (default: the pipeline's policy).
+    let spares = flag("--spares");
     let image = image::ensure(&ImageSpec::from_env(), &Quiet).expect("the image builds");
     let registry =
         Registry::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")).expect("registry");
@@ -110,8 +113,9 @@ fn main() {
     let jobs = datasets.len().min(4);
     let concurrency = 2 * cpus;
     println!(
-        "pipeline bench: program teacher, {} datasets, jobs {jobs}, {concurrency} questions in flight per dataset, {cpus} CPUs, {runs} runs{}",
+        "pipeline bench: program teacher, {} datasets, jobs {jobs}, {concurrency} questions in flight per dataset, {} spare workers per sandbox, {cpus} CPUs, {runs} runs{}",
         datasets.len(),
+        spares.unwrap_or_else(|| csv_agent::capacity::spare_workers(concurrency)),
         max_questions.map(|m| format!(", at most {m} questions per dataset")).unwrap_or_default()
     );
     println!(
@@ -127,6 +131,7 @@ fn main() {
             max_questions,
             jobs,
             question_concurrency: concurrency,
+            spare_workers: spares,
             shard: None,
             fresh: true,
             image: image.clone(),

@@ -163,6 +163,9 @@ pub struct RunSettings {
     pub jobs: usize,
     /// Questions in flight per dataset.
     pub question_concurrency: usize,
+    /// Pre-forked workers each sandbox keeps; None: the default policy
+    /// ([`crate::capacity::spare_workers`] of `question_concurrency`).
+    pub spare_workers: Option<usize>,
     pub shard: Option<Shard>,
     pub fresh: bool,
     pub image: Image,
@@ -567,7 +570,9 @@ async fn prepare_and_answer(
     }
     let mut opts = SandboxOptions::new(&dataset.csv, settings.image.clone())?;
     opts.allow_degraded = settings.allow_degraded;
-    opts.spare_workers = crate::capacity::spare_workers(settings.question_concurrency);
+    opts.spare_workers = settings
+        .spare_workers
+        .unwrap_or_else(|| crate::capacity::spare_workers(settings.question_concurrency));
     opts.limits = Limits::for_dataset(crate::datasets::csv_bytes(&dataset.csv), settings.limits);
     info!(
         "limits: {} MiB per worker, cell timeout {} s",

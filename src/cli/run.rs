@@ -477,6 +477,7 @@ async fn settings(
     let settings = RunSettings {
         jobs: plan.jobs,
         question_concurrency: plan.concurrency,
+        spare_workers: None,
         datasets,
         unusable,
         out: select.out,
