@@ -233,6 +233,10 @@ fn main() {
         f.workers.from_spares + f.workers.fresh
     );
     println!(
+        "  CPU of the jails                zygotes {:.1} s (imports, loading, forks), workers {:.1} s (set-up, cells, exit); supervisor below",
+        f.workers.zygote_cpu, f.workers.worker_cpu
+    );
+    println!(
         "  protocol + scheduling (rest)    {:.1} s ({:.0} %, {:.1} ms per cell)",
         overhead,
         100.0 * overhead / f.trace_wall.max(1e-9),

@@ -41,6 +41,9 @@ impl DatasetLogs {
     fn write(&self, name: &str, line: &str) {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         if !files.contains_key(name) {
+            // Again here: `run --fresh` clears the output's logs directory
+            // after this writer was made.
+            let _ = std::fs::create_dir_all(&self.dir);
             let path = self.dir.join(format!("{name}.log"));
             match OpenOptions::new().create(true).append(true).open(&path) {
                 Ok(f) => {

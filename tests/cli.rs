@@ -395,3 +395,48 @@ fn datasets_list_show_and_add_through_the_cli() {
         "left behind: {names:?}"
     );
 }
+
+#[test]
+fn a_fresh_run_prints_its_capacity_plan_and_keeps_its_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let registry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+    let args = [
+        "run",
+        "--datasets",
+        path(&registry),
+        "--only",
+        "penguins",
+        "--max-questions",
+        "2",
+        "--fresh",
+        "--out",
+        path(&out),
+    ];
+    // Twice: the second --fresh clears the first run's output, logs too.
+    for _ in 0..2 {
+        let o = csv_agent(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("1 dataset(s) at a time (every dataset)")
+                && err.contains("questions in flight each")
+                && err.contains("measured costs")
+                && err.contains("of MemAvailable"),
+            "the plan is printed at start: {err}"
+        );
+    }
+    let log = std::fs::read_to_string(out.join("logs/penguins.log")).expect("the dataset's log");
+    assert!(log.contains("workers forked"), "{log}");
+    let o = Command::new(BIN)
+        .args(args)
+        .env("CSV_AGENT_MEM_AVAILABLE", "1.5 gigabytes")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("CSV_AGENT_MEM_AVAILABLE"),
+        "{}",
+        text(&o)
+    );
+}

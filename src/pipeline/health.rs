@@ -323,9 +323,13 @@ impl Jail {
     pub async fn shutdown(self) {
         self.harvest_faults().await;
         let current = self.current.into_inner();
-        if let Workers::Local(sandbox) = &current.sandbox {
+        let local = match &current.sandbox {
+            Workers::Local(sandbox) => Some(sandbox.clone()),
+            Workers::Remote(_) => None,
+        };
+        current.sandbox.shutdown().await;
+        if let Some(sandbox) = local {
             info!("sandbox {}: {}", sandbox.id(), sandbox.worker_stats());
         }
-        current.sandbox.shutdown().await;
     }
 }

@@ -18,6 +18,13 @@ pub struct WorkerStats {
     pub from_spares: u64,
     /// Tasks that waited for a fork of their own.
     pub fresh: u64,
+    /// CPU seconds (user + system) of zygotes themselves, read as they
+    /// were shut down: importing the stack, loading the data, and every
+    /// fork (the kernel copies the address space in the parent).
+    pub zygote_cpu: f64,
+    /// CPU seconds of the workers those zygotes had reaped: their jail
+    /// set-up, their cells, and tearing their address space down at exit.
+    pub worker_cpu: f64,
 }
 
 impl WorkerStats {
@@ -26,6 +33,8 @@ impl WorkerStats {
         self.fork_seconds += other.fork_seconds;
         self.from_spares += other.from_spares;
         self.fresh += other.fresh;
+        self.zygote_cpu += other.zygote_cpu;
+        self.worker_cpu += other.worker_cpu;
     }
 
     /// Mean fork time in milliseconds (0 without forks).
@@ -44,6 +53,8 @@ impl WorkerStats {
             fork_seconds: (self.fork_seconds - earlier.fork_seconds).max(0.0),
             from_spares: self.from_spares.saturating_sub(earlier.from_spares),
             fresh: self.fresh.saturating_sub(earlier.fresh),
+            zygote_cpu: (self.zygote_cpu - earlier.zygote_cpu).max(0.0),
+            worker_cpu: (self.worker_cpu - earlier.worker_cpu).max(0.0),
         }
     }
 }
@@ -58,7 +69,15 @@ impl std::fmt::Display for WorkerStats {
             self.mean_fork_ms(),
             self.from_spares,
             acquired
-        )
+        )?;
+        if self.zygote_cpu + self.worker_cpu > 0.0 {
+            write!(
+                f,
+                "; CPU: zygote {:.1} s, workers {:.1} s",
+                self.zygote_cpu, self.worker_cpu
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -67,6 +86,8 @@ pub(super) struct Counters {
     fork_ns: AtomicU64,
     from_spares: AtomicU64,
     fresh: AtomicU64,
+    zygote_cpu_ns: AtomicU64,
+    worker_cpu_ns: AtomicU64,
 }
 
 static PROCESS: Counters = Counters::new();
@@ -78,6 +99,8 @@ impl Counters {
             fork_ns: AtomicU64::new(0),
             from_spares: AtomicU64::new(0),
             fresh: AtomicU64::new(0),
+            zygote_cpu_ns: AtomicU64::new(0),
+            worker_cpu_ns: AtomicU64::new(0),
         }
     }
 
@@ -99,12 +122,29 @@ impl Counters {
         }
     }
 
+    /// The CPU of a zygote (`host_pid`) and of the workers it reaped, read
+    /// from procfs before it is shut down.
+    pub(super) fn zygote_ended(&self, host_pid: u32) {
+        let Ok(stat) = procfs::process::Process::new(host_pid as i32).and_then(|p| p.stat()) else {
+            return;
+        };
+        let tick_ns = 1e9 / procfs::ticks_per_second() as f64;
+        let own = ((stat.utime + stat.stime) as f64 * tick_ns) as u64;
+        let children = ((stat.cutime + stat.cstime).max(0) as f64 * tick_ns) as u64;
+        for c in [self, &PROCESS] {
+            c.zygote_cpu_ns.fetch_add(own, Ordering::Relaxed);
+            c.worker_cpu_ns.fetch_add(children, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn snapshot(&self) -> WorkerStats {
         WorkerStats {
             forks: self.forks.load(Ordering::Relaxed),
             fork_seconds: self.fork_ns.load(Ordering::Relaxed) as f64 / 1e9,
             from_spares: self.from_spares.load(Ordering::Relaxed),
             fresh: self.fresh.load(Ordering::Relaxed),
+            zygote_cpu: self.zygote_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            worker_cpu: self.worker_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 }

@@ -280,10 +280,7 @@ impl Sandbox {
     }
     /// Host pid of the zygote (pid 1 of the jail).
     pub fn zygote_host_pid(&self) -> Option<u32> {
-        let init = self.shared.jail.lock().ok()?.as_ref()?.init_pid;
-        let children =
-            std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
-        children.split_whitespace().next()?.parse().ok()
+        zygote_pid(&self.shared)
     }
     /// Bytes charged to the zygote's cgroup: the imports, the loaded CSV and
     /// the page cache it read (None without cgroups).
@@ -500,12 +497,22 @@ pub(super) fn user_namespaces_disabled() -> Option<String> {
     None
 }
 
+/// The zygote's host pid: the jail init's only child.
+fn zygote_pid(shared: &Shared) -> Option<u32> {
+    let init = shared.jail.lock().ok()?.as_ref()?.init_pid;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
 pub(super) async fn shutdown_shared(shared: &Arc<Shared>) {
     if shared.closed.swap(true, Ordering::AcqRel) {
         return;
     }
     let spares: Vec<Worker> = shared.spares.lock().await.drain(..).collect();
     drop(spares);
+    if let Some(pid) = zygote_pid(shared) {
+        shared.stats.zygote_ended(pid);
+    }
     let _ = shared.control_tx.send(&ToZygote::Shutdown).await;
     let jail = shared.jail.lock().ok().and_then(|mut j| j.take());
     if let Some(mut jail) = jail {
