@@ -289,7 +289,16 @@ fn killing_a_run_and_rerunning_yields_every_episode_exactly_once() {
         "--out",
         path(&out),
     ];
-    let _ = image();
+    // The questions first, so that the run reuses their file and its
+    // program teacher runs every program again, question by question (when
+    // the run establishes the ground truth itself, its traces are those
+    // runs and the episodes are written in one burst, too fast to kill in
+    // the middle of).
+    let mut questions_args = args.to_vec();
+    questions_args[0] = "questions";
+    questions_args[1] = "--source";
+    let o = csv_agent(&questions_args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::null())
@@ -343,6 +352,13 @@ fn killing_a_run_and_rerunning_yields_every_episode_exactly_once() {
     }
     assert_eq!(all.len(), 16);
     assert!(all.iter().all(|e| e.verified));
+    // Traces the program teacher ran itself (the questions came from a
+    // file) are the ones a run that established the ground truth recorded.
+    let compared = golden_run::assert_subset_matches_golden(&out.join("episodes.jsonl"));
+    assert!(
+        compared >= 8,
+        "only {compared} episodes are in the golden run"
+    );
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) {

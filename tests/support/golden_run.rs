@@ -128,6 +128,16 @@ fn write_golden(records: &BTreeMap<String, Value>) {
     std::fs::write(golden_path(), body).expect("write tests/golden/run.jsonl");
 }
 
+fn golden() -> BTreeMap<String, Value> {
+    let body = std::fs::read_to_string(golden_path()).expect("tests/golden/run.jsonl");
+    body.lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).expect("golden line is JSON");
+            (r["episode_id"].as_str().unwrap_or("").to_string(), r)
+        })
+        .collect()
+}
+
 /// Compare the run whose episodes are in `episodes_jsonl` with the golden
 /// file (or write the golden file when `CSV_AGENT_BLESS` asks for it).
 pub fn assert_matches_golden(episodes_jsonl: &Path) {
@@ -137,16 +147,24 @@ pub fn assert_matches_golden(episodes_jsonl: &Path) {
         Some("1") => return write_golden(&got),
         Some(other) => return write_golden(&records_of(Path::new(other))),
     }
-    let body = std::fs::read_to_string(golden_path()).expect("tests/golden/run.jsonl");
-    let want: BTreeMap<String, Value> = body
-        .lines()
-        .map(|l| {
-            let r: Value = serde_json::from_str(l).expect("golden line is JSON");
-            (r["episode_id"].as_str().unwrap_or("").to_string(), r)
-        })
+    compare(&golden(), &got, true);
+}
+
+/// The episodes of a smaller run (a cap, one dataset) that are also in the
+/// golden run must equal them; returns how many were compared.
+pub fn assert_subset_matches_golden(episodes_jsonl: &Path) -> usize {
+    let got = records_of(episodes_jsonl);
+    let want: BTreeMap<String, Value> = golden()
+        .into_iter()
+        .filter(|(id, _)| got.contains_key(id))
         .collect();
+    compare(&want, &got, false);
+    want.len()
+}
+
+fn compare(want: &BTreeMap<String, Value>, got: &BTreeMap<String, Value>, whole: bool) {
     let mut problems = Vec::new();
-    for (id, w) in &want {
+    for (id, w) in want {
         match got.get(id) {
             None => problems.push(format!("episode {id} ({}) is missing", w["dataset"])),
             Some(g) if g != w => {
@@ -175,7 +193,7 @@ pub fn assert_matches_golden(episodes_jsonl: &Path) {
             Some(_) => {}
         }
     }
-    for (id, g) in &got {
+    for (id, g) in got.iter().filter(|_| whole) {
         if !want.contains_key(id) {
             problems.push(format!(
                 "episode {id} ({}) is not in the golden run",
