@@ -105,6 +105,8 @@ PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (native byte order).
 SOCK_FILTER = struct.Struct("=HBBI")
+# struct ucred (pid, uid, gid) of SCM_CREDENTIALS.
+CREDENTIALS = struct.Struct("3i")
 BPF_CLASS_MASK = 0x07
 BPF_JMP = 0x05
 # Highest capability number any kernel may know; dropping an unknown one
@@ -657,11 +659,21 @@ def load_csv(path: str) -> tuple[Any, str, str]:
     return frame, separator, encoding
 
 
+_LIBC: Optional[ctypes.CDLL] = None
+
+
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    return libc
+    """The C library, loaded once. The zygote loads it (and looks up the
+    functions workers call) before it forks, so a worker finds it in shared
+    memory instead of building a new CDLL and its function-pointer class."""
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.restype = ctypes.c_int
+        libc.fflush  # noqa: B018  (looked up now: cached on the CDLL)
+        _LIBC = libc
+    return _LIBC
 
 
 def prctl(option: int, argument: int) -> None:
@@ -1356,9 +1368,11 @@ def become_worker_user(uid: int) -> None:
 
 
 def current_vm_size() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
+    # Read as bytes: a text read would look up its codec in every fresh
+    # worker (an import's worth of private memory), bytes need none.
+    with open("/proc/self/status", "rb") as status:
         for line in status:
-            if line.startswith("VmSize:"):
+            if line.startswith(b"VmSize:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmSize line in /proc/self/status")
 
@@ -1970,7 +1984,7 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
     worker = Worker(sock, worker_id, zygote.config, zygote.namespace_seed)
     signal.signal(signal.SIGINT, worker._on_sigint)
     # 7. Hello, with credentials: the supervisor reads our host pid from them.
-    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+    credentials = CREDENTIALS.pack(os.getpid(), os.getuid(), os.getgid())
     hello = {
         "type": "hello",
         "version": PROTOCOL_VERSION,
