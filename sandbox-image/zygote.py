@@ -2014,6 +2014,12 @@ def main(argv: list[str]) -> int:
         log(f"bad config: {exc}")
         return EXIT_PROTOCOL_ERROR
     configure_environment(config.threads)
+    # No collection until the heap is frozen: every collection during the
+    # imports frees cycles and leaves holes in pages that then stay shared,
+    # and a worker's first allocations would land in those holes (copying the
+    # page). gc.freeze() below, then the collector runs again (zygote and
+    # workers), over young objects only.
+    gc.disable()
     try:
         control = socket.socket(fileno=config.control_fd)
     except OSError as exc:
@@ -2046,8 +2052,8 @@ def main(argv: list[str]) -> int:
     namespace_seed = {"__name__": "__main__", "df": frame, **modules}
     # Everything allocated so far is shared with every worker; freezing keeps
     # the collector from writing to (and so un-sharing) those pages.
-    gc.collect()
     gc.freeze()
+    gc.enable()
     try:
         # Not dumpable: no process of the same uid may open our (and, through
         # fork, every worker's) /proc/<pid>/mem or attach to it.
