@@ -793,6 +793,29 @@ def _warm_once(frame: Any, stats: Any) -> None:
     answer_hash(normalize({"n": np.int64(3), "x": np.float64(0.5), "s": "t"}))
 
 
+# mallopt(3) parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# glibc's default for both; setting them also turns off its dynamic
+# threshold, which the CSV parser's big buffers have raised by now.
+MALLOC_THRESHOLD = 128 * 1024
+
+
+def tune_malloc() -> None:
+    """Make glibc give a worker's big temporaries back to the kernel.
+
+    By the time the dataset is loaded, glibc has raised its mmap threshold
+    (and with it the trim threshold) to the size of the parser's largest
+    freed buffer, so a worker's arrays of a few hundred kB come from the
+    shared heap (copying its pages) and stay there after they are freed.
+    With both thresholds back at 128 kB, such arrays are mapped and unmapped
+    on their own and the heap's free top is returned."""
+    libc = _libc()
+    for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
+        if libc.mallopt(ctypes.c_int(parameter), ctypes.c_int(MALLOC_THRESHOLD)) != 1:
+            log(f"mallopt({parameter}) failed")
+
+
 def warm_data_stack() -> Optional[str]:
     """Run the common first-call paths on a private frame before the heap is
     frozen, so what they build once (quickened bytecode, caches, interned
@@ -2195,6 +2218,7 @@ def main(argv: list[str]) -> int:
         log(f"warm-up skipped: {skipped}")
     # Everything allocated so far is shared with every worker; freezing keeps
     # the collector from writing to (and so un-sharing) those pages.
+    tune_malloc()
     gc.freeze()
     gc.enable()
     try:
