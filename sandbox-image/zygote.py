@@ -38,6 +38,7 @@ import json
 import linecache
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -814,6 +815,70 @@ def tune_malloc() -> None:
     for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
         if libc.mallopt(ctypes.c_int(parameter), ctypes.c_int(MALLOC_THRESHOLD)) != 1:
             log(f"mallopt({parameter}) failed")
+
+
+# One row of sys._debugmallocstats()'s table: class, size, pools, blocks in
+# use, available blocks.
+_SIZE_CLASS_ROW = re.compile(rb"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", re.M)
+FILL_ROUNDS = 3
+# What the zygote keeps to fill the allocator's holes (never read).
+_HOLE_FILLERS: list[list[Any]] = []
+
+
+def _free_small_blocks() -> dict[int, int]:
+    """Free blocks in the object allocator's partly used pools, by block
+    size, from sys._debugmallocstats() (which writes to fd 2: caught in a
+    memfd for the moment)."""
+    sys.stderr.flush()
+    capture = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(capture, 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+        size = os.fstat(capture).st_size
+        text = os.pread(capture, size, 0)
+    finally:
+        os.close(saved)
+        os.close(capture)
+    return {int(row.group(2)): int(row.group(5)) for row in _SIZE_CLASS_ROW.finditer(text)}
+
+
+def _filler(block_size: int, serial: int) -> Any:
+    """A fresh object that takes exactly one block of this size."""
+    if block_size == 16:
+        return object()
+    if block_size == 32:
+        return (1 << 20) + serial  # a one-digit int: 28 bytes, no free list
+    return bytes(block_size - 33)  # a bytes object takes 33 + its length
+
+
+def fill_allocator_holes() -> int:
+    """Occupy the free blocks of the object allocator's partly used pools.
+
+    Objects freed while the stack was imported and the CSV parsed leave free
+    blocks scattered over pages that are otherwise full and shared. A
+    worker's first allocations would take those blocks first, copying a
+    whole page for each. Filled here with inert objects that the zygote keeps
+    (in memory that is resident anyway), a worker's allocations go to pools
+    of their own. Returns the blocks filled."""
+    filled = 0
+    for _ in range(FILL_ROUNDS):
+        free = _free_small_blocks()
+        total = sum(free.values())
+        if total == 0:
+            break
+        slots: list[Any] = [None] * total
+        index = 0
+        for block_size, count in free.items():
+            for _ in range(count):
+                slots[index] = _filler(block_size, index)
+                index += 1
+        _HOLE_FILLERS.append(slots)
+        filled += total
+    return filled
 
 
 def warm_data_stack() -> Optional[str]:
@@ -2219,6 +2284,10 @@ def main(argv: list[str]) -> int:
     # Everything allocated so far is shared with every worker; freezing keeps
     # the collector from writing to (and so un-sharing) those pages.
     tune_malloc()
+    try:
+        fill_allocator_holes()
+    except (OSError, ValueError) as exc:  # an optimisation: never a reason to fail
+        log(f"filling the allocator's holes failed: {exc}")
     gc.freeze()
     gc.enable()
     try:
