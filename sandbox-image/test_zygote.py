@@ -805,6 +805,19 @@ class WarmUpTests(unittest.TestCase):
         self.assertEqual(valid.__warningregistry__, {"version": now, ("shown once", UserWarning, 1): True})
         self.assertEqual(stale.__warningregistry__, {"version": version - 1, ("old", UserWarning, 2): True})
 
+    def test_the_filter_version_probe_reads_the_real_version(self) -> None:
+        import warnings
+
+        key = ("seen", UserWarning, 5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            registry = {"version": zygote._filters_version(), key: True}
+            warnings.warn_explicit("seen", UserWarning, "x.py", 5, registry=registry)
+            self.assertEqual(caught, [], "a registry of the probed version is valid")
+            registry["version"] -= 1
+            warnings.warn_explicit("seen", UserWarning, "x.py", 5, registry=registry)
+            self.assertEqual(len(caught), 1, "one of another version is not")
+
     def test_holes_are_filled_and_malloc_tuned(self) -> None:
         zygote.tune_malloc()
         self.assertGreater(len(zygote._free_small_blocks()), 0, "the size-class table was parsed")
