@@ -690,11 +690,12 @@ def prctl(option: int, argument: int) -> None:
 # Warming (before the heap is frozen)
 # --------------------------------------------------------------------------
 
-# Rounds of the warm-up. The first builds the caches (most of the gain); the
-# later ones let CPython 3.11 quicken and specialize the bytecode (it does so
-# from a function's 8th call), which workers would otherwise write into:
-# 9 rounds measured 0.15 MiB less per worker than 2, for about 0.15 s more.
-WARM_ROUNDS = 9
+# Rounds of the warm-up. The first builds the caches: nearly all of the gain,
+# for about 35 ms of start-up. More rounds let CPython 3.11 quicken the
+# bytecode too (from a function's 8th call): 9 rounds saved about 0.1 MiB more
+# per worker but cost about 0.2 s of every zygote's start, more than the 5 %
+# the jail start may add to the bare import.
+WARM_ROUNDS = 1
 # The filter the warm-up runs under (added to the list directly: no
 # registry is invalidated by it).
 _IGNORE_ALL = ("ignore", None, Warning, None, 0)
