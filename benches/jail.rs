@@ -5,8 +5,10 @@
 //! - **memory**: N = 1, 8, 32, 64 workers forked from one zygote against N
 //!   independent ("cold") sandboxes alive at the same time (each its own
 //!   jail, imports and CSV, the task run in its one worker), on the shipped
-//!   penguins dataset and on a generated ~50 MB CSV; every worker and every
-//!   cold sandbox runs the default profiling task (`src/sandbox/profile_task.py`).
+//!   penguins dataset and on a generated 20 000-row CSV of 12 mixed columns
+//!   (`csv-agent sandbox mixed-csv`; with `-- --large` also on a ~50 MB one
+//!   of the same kind); every worker and every cold sandbox runs the default
+//!   profiling task (`src/sandbox/profile_task.py`).
 //!   Cold sandboxes start two at a time; before N of them are started the
 //!   bench checks that N × one's measured footprint fits in 70 % of
 //!   MemAvailable, and otherwise reports the cell as not run.
@@ -22,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,8 +43,8 @@ const QUICK_COUNTS: &[usize] = &[1, 2];
 const COLD_CONCURRENCY: usize = 2;
 /// Share of MemAvailable the cold sandboxes may be expected to take.
 const MEMORY_BUDGET: f64 = 0.70;
-/// Rows of the generated CSV (about 50 MB).
-const GENERATED_ROWS: usize = 580_000;
+/// Rows of the large generated CSV of `-- --large` (about 50 MB).
+const LARGE_ROWS: usize = 610_000;
 /// A pause for freed memory to settle before reading smaps.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -146,8 +147,11 @@ fn main() {
     );
     println!();
     if wanted("memory") {
-        let generated = generated_csv();
-        for csv in [&penguins, &generated] {
+        let mut csvs = vec![penguins.clone(), generated_csv(memory::MIXED_CSV_ROWS)];
+        if args.iter().any(|a| a == "--large") {
+            csvs.push(generated_csv(LARGE_ROWS));
+        }
+        for csv in &csvs {
             let table = rt.block_on(memory_bench(&plan, csv, &image));
             print!("{table}");
             let _ = std::io::stdout().flush();
@@ -167,114 +171,11 @@ fn hostname() -> String {
 
 // ------------------------------------------------------------------ data
 
-/// A deterministic ~50 MB CSV of mixed columns (numeric, categorical, dates,
-/// free text; some values missing), written once under target/.
-fn generated_csv() -> PathBuf {
+/// The generated mixed-column CSV of `rows` rows (src/sandbox/memory/mixed_csv.rs),
+/// written once to `target/bench-data/`.
+fn generated_csv(rows: usize) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let path = dir.join(format!("mixed-{GENERATED_ROWS}-v1.csv"));
-    if path.is_file() {
-        return path;
-    }
-    std::fs::create_dir_all(&dir).expect("target/bench-data");
-    let partial = dir.join("mixed.csv.partial");
-    let file = std::fs::File::create(&partial).expect("create the generated csv");
-    let mut out = std::io::BufWriter::new(file);
-    let mut rng = SplitMix(0x05ee_dc5a_9e47);
-    const REGIONS: [&str; 12] = [
-        "north", "south", "east", "west", "central", "coast", "alps", "delta", "plains", "islands",
-        "valley", "lakes",
-    ];
-    const SEGMENTS: [&str; 5] = ["retail", "wholesale", "online", "partner", "staff"];
-    const CHANNELS: [&str; 3] = ["web", "store", "phone"];
-    const WORDS: [&str; 16] = [
-        "late", "gift", "bulk", "promo", "repeat", "damaged", "express", "weekend", "loyalty",
-        "return", "coupon", "new", "vip", "sample", "urgent", "quiet",
-    ];
-    writeln!(
-        out,
-        "order_id,day,store,segment,region,channel,product,price,quantity,discount,revenue,rating,returned,note"
-    )
-    .unwrap();
-    for id in 0..GENERATED_ROWS {
-        let day = 1 + rng.below(365);
-        let (month, dom) = month_day(day as u32);
-        let segment = SEGMENTS[rng.below(5) as usize];
-        let price = 2.0 + rng.unit() * 300.0 * (1.0 + (segment == "wholesale") as u8 as f64);
-        let quantity = 1 + rng.below(20);
-        let discount = (rng.unit() * 0.3 * 100.0).round() / 100.0;
-        let revenue = price * quantity as f64 * (1.0 - discount);
-        let missing = |rng: &mut SplitMix, p: f64| rng.unit() < p;
-        let price_s = if missing(&mut rng, 0.02) {
-            String::new()
-        } else {
-            format!("{price:.2}")
-        };
-        let discount_s = if missing(&mut rng, 0.05) {
-            String::new()
-        } else {
-            format!("{discount:.2}")
-        };
-        let rating_s = if missing(&mut rng, 0.10) {
-            String::new()
-        } else {
-            format!("{:.1}", 1.0 + rng.unit() * 4.0)
-        };
-        let note = if missing(&mut rng, 0.30) {
-            String::new()
-        } else {
-            format!(
-                "{} {}",
-                WORDS[rng.below(16) as usize],
-                WORDS[rng.below(16) as usize]
-            )
-        };
-        writeln!(
-            out,
-            "{id},2024-{month:02}-{dom:02},S{:03},{segment},{},{},P{:05},{price_s},{quantity},{discount_s},{revenue:.2},{rating_s},{},{note}",
-            rng.below(40),
-            REGIONS[rng.below(12) as usize],
-            CHANNELS[rng.below(3) as usize],
-            rng.below(5000),
-            if rng.unit() < 0.07 { "yes" } else { "no" },
-        )
-        .unwrap();
-    }
-    out.flush().unwrap();
-    drop(out);
-    // The jail reads it as an unprivileged uid.
-    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::rename(&partial, &path).unwrap();
-    path
-}
-
-fn month_day(day_of_year: u32) -> (u32, u32) {
-    const DAYS: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    let mut d = day_of_year;
-    for (m, len) in DAYS.iter().enumerate() {
-        if d <= *len {
-            return (m as u32 + 1, d);
-        }
-        d -= len;
-    }
-    (12, 31)
-}
-
-/// splitmix64: a fixed seed gives the same file on every machine.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+    memory::ensure_mixed_csv(&dir, rows).expect("write the generated csv")
 }
 
 // ------------------------------------------------------------------ memory

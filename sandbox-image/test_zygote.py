@@ -742,6 +742,91 @@ class LandlockConfigTests(unittest.TestCase):
         self.assertEqual(scope, {"applied": False, "abi": None, "error": "landlock is not available: ENOSYS"})
 
 
+class WarmUpTests(unittest.TestCase):
+    """What the zygote runs before freezing its heap leaves nothing a task
+    could see: no random state drawn, no option or error setting changed, no
+    warning filter or registry changed, no module attribute left."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        # As in the zygote: the stack is imported (scipy adds its warning
+        # filters then) before the warm-up runs.
+        zygote.import_data_stack()
+        import scipy.stats  # noqa: F401
+
+    def test_warm_up_leaves_no_state_behind(self) -> None:
+        import random
+        import types
+        import warnings
+
+        np, pd = zygote.np, zygote.pd
+        version = zygote._filters_version()
+        self.assertIsInstance(version, int)
+        valid = types.ModuleType("csv_agent_warm_valid")
+        valid.__warningregistry__ = {"version": version, ("shown once", UserWarning, 1): True}
+        stale = types.ModuleType("csv_agent_warm_stale")
+        stale.__warningregistry__ = {"version": version - 1, ("old", UserWarning, 2): True}
+        emitter = types.ModuleType("csv_agent_warm_emitter")
+        for module in (valid, stale, emitter):
+            sys.modules[module.__name__] = module
+            self.addCleanup(sys.modules.pop, module.__name__, None)
+        original = zygote._warm_frame
+
+        def warm_frame_that_warns() -> Any:
+            # As a library warning would: into its module's registry.
+            registry = emitter.__dict__.setdefault("__warningregistry__", {})
+            warnings.warn_explicit("from the warm-up", UserWarning, "lib.py", 7, registry=registry)
+            return original()
+
+        zygote._warm_frame = warm_frame_that_warns
+        self.addCleanup(setattr, zygote, "_warm_frame", original)
+        options = {key: repr(pd.get_option(key)) for key in pd._config.config._registered_options}
+        filters = list(warnings.filters)
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        errors = np.geterr()
+        module_names = set(vars(zygote))
+
+        self.assertIsNone(zygote.warm_data_stack())
+
+        self.assertEqual({key: repr(pd.get_option(key)) for key in pd._config.config._registered_options}, options)
+        self.assertEqual(warnings.filters, filters)
+        after_state = np.random.get_state()
+        self.assertEqual(after_state[0], np_state[0])
+        self.assertTrue(np.array_equal(after_state[1], np_state[1]))
+        self.assertEqual(after_state[2:], np_state[2:])
+        self.assertEqual(random.getstate(), py_state)
+        self.assertEqual(np.geterr(), errors)
+        self.assertEqual(set(vars(zygote)), module_names)
+        self.assertNotIn("__warningregistry__", vars(emitter))
+        now = zygote._filters_version()
+        # Valid before, valid now (a warning shown once stays shown once);
+        # stale before, stale now.
+        self.assertEqual(valid.__warningregistry__, {"version": now, ("shown once", UserWarning, 1): True})
+        self.assertEqual(stale.__warningregistry__, {"version": version - 1, ("old", UserWarning, 2): True})
+
+    def test_the_filter_version_probe_reads_the_real_version(self) -> None:
+        import warnings
+
+        key = ("seen", UserWarning, 5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            registry = {"version": zygote._filters_version(), key: True}
+            warnings.warn_explicit("seen", UserWarning, "x.py", 5, registry=registry)
+            self.assertEqual(caught, [], "a registry of the probed version is valid")
+            registry["version"] -= 1
+            warnings.warn_explicit("seen", UserWarning, "x.py", 5, registry=registry)
+            self.assertEqual(len(caught), 1, "one of another version is not")
+
+    def test_holes_are_filled_and_malloc_tuned(self) -> None:
+        zygote.tune_malloc()
+        self.assertGreater(len(zygote._free_small_blocks()), 0, "the size-class table was parsed")
+        zygote.fill_allocator_holes()
+        self.assertLess(sum(zygote._free_small_blocks().values()), 2000)
+        for size in (16, 32, 48, 512):
+            self.assertLessEqual(sys.getsizeof(zygote._filler(size, 1)), size)
+
+
 class FreshZygoteTests(unittest.TestCase):
     """Tests that end the zygote or need its control channel to themselves."""
 

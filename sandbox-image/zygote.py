@@ -38,6 +38,7 @@ import json
 import linecache
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -49,6 +50,7 @@ import tempfile
 import time
 import traceback
 import types
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
@@ -105,6 +107,8 @@ PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (native byte order).
 SOCK_FILTER = struct.Struct("=HBBI")
+# struct ucred (pid, uid, gid) of SCM_CREDENTIALS.
+CREDENTIALS = struct.Struct("3i")
 BPF_CLASS_MASK = 0x07
 BPF_JMP = 0x05
 # Highest capability number any kernel may know; dropping an unknown one
@@ -657,11 +661,21 @@ def load_csv(path: str) -> tuple[Any, str, str]:
     return frame, separator, encoding
 
 
+_LIBC: Optional[ctypes.CDLL] = None
+
+
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    return libc
+    """The C library, loaded once. The zygote loads it (and looks up the
+    functions workers call) before it forks, so a worker finds it in shared
+    memory instead of building a new CDLL and its function-pointer class."""
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.restype = ctypes.c_int
+        libc.fflush  # noqa: B018  (looked up now: cached on the CDLL)
+        _LIBC = libc
+    return _LIBC
 
 
 def prctl(option: int, argument: int) -> None:
@@ -670,6 +684,230 @@ def prctl(option: int, argument: int) -> None:
     if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(argument), zero, zero, zero) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl({option}, {argument}): {os.strerror(error)}")
+
+
+# --------------------------------------------------------------------------
+# Warming (before the heap is frozen)
+# --------------------------------------------------------------------------
+
+# Rounds of the warm-up. The first builds the caches: nearly all of the gain,
+# for about 35 ms of start-up. More rounds let CPython 3.11 quicken the
+# bytecode too (from a function's 8th call): 9 rounds saved about 0.1 MiB more
+# per worker but cost about 0.2 s of every zygote's start, more than the 5 %
+# the jail start may add to the bare import.
+WARM_ROUNDS = 1
+# The filter the warm-up runs under (added to the list directly: no
+# registry is invalidated by it).
+_IGNORE_ALL = ("ignore", None, Warning, None, 0)
+
+
+def _filters_version() -> Optional[int]:
+    """The interpreter's warnings-filter version (what a module's
+    __warningregistry__ is valid for), read through a private registry with
+    every warning ignored. None if it cannot be read."""
+    registry: dict[Any, Any] = {}
+    warnings.filters.insert(0, _IGNORE_ALL)
+    try:
+        warnings.warn_explicit("csv-agent probe", UserWarning, "<csv-agent probe>", 0,
+                               module="<csv-agent probe>", registry=registry)
+    finally:
+        warnings.filters.remove(_IGNORE_ALL)
+    version = registry.get("version")
+    return version if isinstance(version, int) else None
+
+
+def _warning_registries() -> dict[str, Optional[dict[Any, Any]]]:
+    """A copy of every loaded module's __warningregistry__ (None: it has none)."""
+    saved: dict[str, Optional[dict[Any, Any]]] = {}
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            registry = namespace.get("__warningregistry__")
+            saved[name] = dict(registry) if isinstance(registry, dict) else None
+    return saved
+
+
+def _restore_warning_registries(saved: dict[str, Optional[dict[Any, Any]]], before: int, after: int) -> None:
+    """Put every registry back as it was; one that was valid before the
+    warm-up (its version was `before`) is marked valid again (`after`): a
+    warning shown once during the imports stays shown once."""
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        old = saved.get(name)
+        if old is None:
+            namespace.pop("__warningregistry__", None)
+            continue
+        if old.get("version") == before:
+            old["version"] = after
+        current = namespace.get("__warningregistry__")
+        if isinstance(current, dict):
+            current.clear()
+            current.update(old)
+        else:
+            namespace["__warningregistry__"] = old
+
+
+def _warm_frame() -> Any:
+    """A small private frame with a column of every kind a CSV gives."""
+    n = 48
+    index = np.arange(n)
+    return pd.DataFrame(
+        {
+            "w_float": (index % 7) * 1.5,
+            "w_int": index.astype("int64"),
+            "w_gaps": np.where(index % 5 == 0, np.nan, index / 3.0),
+            "w_group": np.array(["p", "q", "r"], dtype=object)[index % 3],
+            "w_text": np.array([f"t{i} u{i % 4}" for i in index], dtype=object),
+            "w_flag": index % 4 == 0,
+            "w_day": pd.to_datetime([f"2024-01-{1 + i % 28:02d}" for i in index]),
+        }
+    )
+
+
+def _warm_once(frame: Any, stats: Any) -> None:
+    """The first-call paths analysis code keeps taking: summaries, missing
+    values, grouping, correlations, the common scipy tests, and this file's
+    own normalization and hashing of answers."""
+    numeric = frame.select_dtypes(include="number").columns.tolist()
+    frame.describe(include="all")
+    frame.describe()
+    frame.isna().mean().sort_values(ascending=False)
+    frame.nunique(dropna=True)
+    frame["w_group"].value_counts()
+    grouped = frame.groupby("w_group", observed=True)
+    grouped[numeric].agg(["mean", "median", "std", "count"])
+    grouped[numeric].mean()
+    grouped.size()
+    samples = [group.dropna().to_numpy() for _, group in grouped[numeric[0]]]
+    stats.kruskal(*samples)
+    stats.f_oneway(*samples)
+    frame[numeric].corr(method="spearman")
+    frame[numeric].corr()
+    pair = frame[numeric[:2]].dropna()
+    stats.pearsonr(pair.iloc[:, 0], pair.iloc[:, 1])
+    stats.spearmanr(pair.iloc[:, 0], pair.iloc[:, 1])
+    stats.ttest_ind(samples[0], samples[1])
+    frame[numeric].agg(["mean", "median", "std", "count"])
+    frame.loc[frame["w_float"] > 3, ["w_group", "w_int"]].sort_values("w_int")
+    answer_hash(normalize(grouped[numeric[0]].mean()))
+    answer_hash(normalize({"n": np.int64(3), "x": np.float64(0.5), "s": "t"}))
+
+
+# mallopt(3) parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# glibc's default for both; setting them also turns off its dynamic
+# threshold, which the CSV parser's big buffers have raised by now.
+MALLOC_THRESHOLD = 128 * 1024
+
+
+def tune_malloc() -> None:
+    """Make glibc give a worker's big temporaries back to the kernel.
+
+    By the time the dataset is loaded, glibc has raised its mmap threshold
+    (and with it the trim threshold) to the size of the parser's largest
+    freed buffer, so a worker's arrays of a few hundred kB come from the
+    shared heap (copying its pages) and stay there after they are freed.
+    With both thresholds back at 128 kB, such arrays are mapped and unmapped
+    on their own and the heap's free top is returned."""
+    libc = _libc()
+    for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
+        if libc.mallopt(ctypes.c_int(parameter), ctypes.c_int(MALLOC_THRESHOLD)) != 1:
+            log(f"mallopt({parameter}) failed")
+
+
+# One row of sys._debugmallocstats()'s table: class, size, pools, blocks in
+# use, available blocks.
+_SIZE_CLASS_ROW = re.compile(rb"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", re.M)
+FILL_ROUNDS = 3
+# What the zygote keeps to fill the allocator's holes (never read).
+_HOLE_FILLERS: list[list[Any]] = []
+
+
+def _free_small_blocks() -> dict[int, int]:
+    """Free blocks in the object allocator's partly used pools, by block
+    size, from sys._debugmallocstats() (which writes to fd 2: caught in a
+    memfd for the moment)."""
+    sys.stderr.flush()
+    capture = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(capture, 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+        size = os.fstat(capture).st_size
+        text = os.pread(capture, size, 0)
+    finally:
+        os.close(saved)
+        os.close(capture)
+    return {int(row.group(2)): int(row.group(5)) for row in _SIZE_CLASS_ROW.finditer(text)}
+
+
+def _filler(block_size: int, serial: int) -> Any:
+    """A fresh object that takes exactly one block of this size."""
+    if block_size == 16:
+        return object()
+    if block_size == 32:
+        return (1 << 20) + serial  # a one-digit int: 28 bytes, no free list
+    return bytes(block_size - 33)  # a bytes object takes 33 + its length
+
+
+def fill_allocator_holes() -> int:
+    """Occupy the free blocks of the object allocator's partly used pools.
+
+    Objects freed while the stack was imported and the CSV parsed leave free
+    blocks scattered over pages that are otherwise full and shared. A
+    worker's first allocations would take those blocks first, copying a
+    whole page for each. Filled here with inert objects that the zygote keeps
+    (in memory that is resident anyway), a worker's allocations go to pools
+    of their own. Returns the blocks filled."""
+    filled = 0
+    for _ in range(FILL_ROUNDS):
+        free = _free_small_blocks()
+        total = sum(free.values())
+        if total == 0:
+            break
+        slots: list[Any] = [None] * total
+        index = 0
+        for block_size, count in free.items():
+            for _ in range(count):
+                slots[index] = _filler(block_size, index)
+                index += 1
+        _HOLE_FILLERS.append(slots)
+        filled += total
+    return filled
+
+
+def warm_data_stack() -> Optional[str]:
+    """Run the common first-call paths on a private frame before the heap is
+    frozen, so what they build once (quickened bytecode, caches, interned
+    names) is shared by every worker instead of being built in each.
+
+    Nothing of it reaches a task: no random state is drawn, no option is set,
+    warnings are ignored and every module's warning registry is put back as it
+    was, and the frame and its results are dropped. Returns why it was
+    skipped, or None.
+    """
+    import scipy.stats as stats
+
+    before = _filters_version()
+    if before is None:
+        return "the warnings-filter version cannot be read"
+    registries = _warning_registries()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = _warm_frame()
+            for _ in range(WARM_ROUNDS):
+                _warm_once(frame, stats)
+    finally:
+        after = _filters_version()
+        _restore_warning_registries(registries, before, after if after is not None else before)
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -1356,9 +1594,11 @@ def become_worker_user(uid: int) -> None:
 
 
 def current_vm_size() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
+    # Read as bytes: a text read would look up its codec in every fresh
+    # worker (an import's worth of private memory), bytes need none.
+    with open("/proc/self/status", "rb") as status:
         for line in status:
-            if line.startswith("VmSize:"):
+            if line.startswith(b"VmSize:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmSize line in /proc/self/status")
 
@@ -1970,7 +2210,7 @@ def run_worker(zygote: Zygote, sock: socket.socket, worker_id: int, limits: Limi
     worker = Worker(sock, worker_id, zygote.config, zygote.namespace_seed)
     signal.signal(signal.SIGINT, worker._on_sigint)
     # 7. Hello, with credentials: the supervisor reads our host pid from them.
-    credentials = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+    credentials = CREDENTIALS.pack(os.getpid(), os.getuid(), os.getgid())
     hello = {
         "type": "hello",
         "version": PROTOCOL_VERSION,
@@ -2000,6 +2240,12 @@ def main(argv: list[str]) -> int:
         log(f"bad config: {exc}")
         return EXIT_PROTOCOL_ERROR
     configure_environment(config.threads)
+    # No collection until the heap is frozen: every collection during the
+    # imports frees cycles and leaves holes in pages that then stay shared,
+    # and a worker's first allocations would land in those holes (copying the
+    # page). gc.freeze() below, then the collector runs again (zygote and
+    # workers), over young objects only.
+    gc.disable()
     try:
         control = socket.socket(fileno=config.control_fd)
     except OSError as exc:
@@ -2030,10 +2276,23 @@ def main(argv: list[str]) -> int:
     load_ms = (time.perf_counter() - started) * 1000.0
 
     namespace_seed = {"__name__": "__main__", "df": frame, **modules}
+    try:
+        skipped = warm_data_stack()
+    except Exception as exc:  # a warm-up that fails costs memory, not the sandbox
+        skipped = f"{type(exc).__name__}: {exc}"
+    if skipped is not None:
+        log(f"warm-up skipped: {skipped}")
+    tune_malloc()
+    try:
+        fill_allocator_holes()
+    except Exception as exc:  # an optimisation: never a reason to fail
+        log(f"filling the allocator's holes failed: {type(exc).__name__}: {exc}")
     # Everything allocated so far is shared with every worker; freezing keeps
-    # the collector from writing to (and so un-sharing) those pages.
-    gc.collect()
+    # the collector from writing to (and so un-sharing) those pages. The
+    # collector is on again from here, in the zygote and in every worker it
+    # forks (they inherit it), over what is allocated after the freeze.
     gc.freeze()
+    gc.enable()
     try:
         # Not dumpable: no process of the same uid may open our (and, through
         # fork, every worker's) /proc/<pid>/mem or attach to it.

@@ -18,6 +18,20 @@ pub enum SandboxCommand {
     /// Measure memory: N workers forked from one zygote against N independent
     /// sandboxes (the cold baseline, measured in the same run).
     Profile(profile::ProfileArgs),
+    /// Write the deterministic mixed-column CSV of the memory measurements
+    /// (the one `cargo bench --bench jail` uses) into a directory.
+    #[command(hide = true)]
+    MixedCsv(MixedCsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MixedCsvArgs {
+    /// Rows to generate (same rows, same file, on every machine).
+    #[arg(long, default_value_t = crate::sandbox::memory::MIXED_CSV_ROWS)]
+    rows: usize,
+    /// Directory the file `mixed-<rows>-v<N>.csv` is written to (kept if present).
+    #[arg(long, default_value = "target/bench-data")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +68,18 @@ pub async fn run(cmd: SandboxCommand) -> Result<i32> {
     match cmd {
         SandboxCommand::Exec(args) => exec(args).await,
         SandboxCommand::Profile(args) => profile::run(args).await,
+        SandboxCommand::MixedCsv(args) => mixed_csv(args),
     }
+}
+
+fn mixed_csv(args: MixedCsvArgs) -> Result<i32> {
+    if args.rows == 0 {
+        bail!("--rows 0: give at least one row");
+    }
+    let path = crate::sandbox::memory::ensure_mixed_csv(&args.dir, args.rows)
+        .with_context(|| format!("writing the generated CSV into {}", args.dir.display()))?;
+    println!("{}", path.display());
+    Ok(0)
 }
 
 #[derive(serde::Serialize)]

@@ -24,6 +24,7 @@
 //!
 //! This module only reads; it never signals or changes a process.
 
+mod mixed_csv;
 mod profile;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ use serde::Serialize;
 
 use super::{CellStatus, Sandbox, SandboxError, SandboxOptions, Worker};
 
+pub use mixed_csv::{
+    ensure_mixed_csv, mixed_csv_name, write_mixed_csv, MIXED_CSV_ROWS, MIXED_CSV_VERSION,
+};
 pub use profile::*;
 
 /// The default profiling task: describe, missing values, a groupby
