@@ -9,17 +9,21 @@
 
 use std::fmt;
 
-/// What one sandbox costs, as measured: a linear fit of Pss against the
-/// CSV's size over penguins (15 kB), a generated 20,000-row × 12-column CSV
-/// and a generated 50 MB CSV, each with the default profile task in every
-/// worker (docs/architecture.md, "Memory and start-up").
+/// What one sandbox costs, as measured with the default task of
+/// `csv-agent sandbox profile` in every worker (docs/architecture.md,
+/// "Memory and start-up"): a line through penguins (15 kB: a cold zygote
+/// 128 MiB of Pss, a worker 13.5 MiB at 64 workers), which the generated
+/// 20,000-row CSV (1.6 MB: 130.7 and 16.1 MiB) sits on, and the 50 MB CSV
+/// (195.5 and 72 MiB, measured before the zygote prepared its heap for
+/// sharing, so on the safe side).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Costs {
-    /// A zygote alone (the data stack imported, nothing loaded), bytes.
+    /// A zygote (the data stack imported, the CSV loaded) as a cold sandbox
+    /// measures it: its share of the image's pages included, bytes.
     pub zygote_base: u64,
     /// Its growth per byte of CSV (the loaded frame and the parser's leftovers).
     pub zygote_per_csv_byte: f64,
-    /// One more worker forked from a warm zygote (its marginal Pss), bytes.
+    /// One more worker forked from the zygote (its marginal Pss), bytes.
     pub worker_base: u64,
     /// Its growth per byte of CSV (what a realistic task allocates on it).
     pub worker_per_csv_byte: f64,
@@ -27,10 +31,10 @@ pub struct Costs {
 
 /// The measured costs (see [`Costs`]).
 pub const MEASURED: Costs = Costs {
-    zygote_base: 124 << 20,
-    zygote_per_csv_byte: 1.42,
-    worker_base: 16 << 20,
-    worker_per_csv_byte: 1.13,
+    zygote_base: 128 << 20,
+    zygote_per_csv_byte: 1.35,
+    worker_base: 14 << 20,
+    worker_per_csv_byte: 1.2,
 };
 
 /// Share of MemAvailable a run plans to use: the rest is the page cache of
