@@ -61,26 +61,19 @@ pub enum MemorySource {
     Environment,
 }
 
-/// The memory a run may plan with now: [`MEMORY_ENV`] when set, otherwise
-/// MemAvailable, or the headroom of this process's memory cgroup (its
-/// limit, the nearest ancestor's too, less its usage) when that is lower;
-/// `fallback` when nothing can be read. An unreadable [`MEMORY_ENV`] is an
-/// error.
-pub fn memory_available(fallback: u64) -> Result<(u64, MemorySource), String> {
-    if let Ok(text) = std::env::var(MEMORY_ENV) {
-        return parse_bytes(&text)
-            .map(|b| (b, MemorySource::Environment))
-            .ok_or_else(|| {
-                format!(
-                    "{MEMORY_ENV}={text:?} is not a size (bytes, or a number with K, M, G or T)"
-                )
-            });
+/// The memory a run may plan with now: `given` (what [`MEMORY_ENV`] says,
+/// read by the caller) when set; otherwise MemAvailable, or the headroom of
+/// this process's memory cgroup (its limit, the nearest ancestor's too,
+/// less its usage) when that is lower; `fallback` when nothing can be read.
+pub fn memory_available(given: Option<u64>, fallback: u64) -> (u64, MemorySource) {
+    if let Some(bytes) = given {
+        return (bytes, MemorySource::Environment);
     }
     let available = mem_available(fallback);
-    Ok(match cgroup_headroom() {
+    match cgroup_headroom() {
         Some(h) if h < available => (h, MemorySource::Cgroup),
         _ => (available, MemorySource::MemAvailable),
-    })
+    }
 }
 
 /// MemAvailable of this machine now (procfs), or `fallback` when it cannot
@@ -91,22 +84,6 @@ pub fn mem_available(fallback: u64) -> u64 {
         .ok()
         .and_then(|m| m.mem_available)
         .unwrap_or(fallback)
-}
-
-fn parse_bytes(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (digits, shift) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 10),
-        (i, 'M' | 'm') => (&t[..i], 20),
-        (i, 'G' | 'g') => (&t[..i], 30),
-        (i, 'T' | 't') => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()?
-        .checked_mul(1u64 << shift)
 }
 
 fn read_u64(path: &std::path::Path) -> Option<u64> {
@@ -361,11 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_cgroup_limits_are_read() {
-        assert_eq!(parse_bytes("2048"), Some(2048));
-        assert_eq!(parse_bytes("3G"), Some(3 << 30));
-        assert_eq!(parse_bytes(" 512 M"), Some(512 << 20));
-        assert_eq!(parse_bytes("lots"), None);
+    fn cgroup_limits_are_read() {
         let root = tempfile::tempdir().expect("tempdir");
         // v1: the hierarchical limit counts, not the group's own.
         let v1 = root.path().join("memory/slurm/job_7");

@@ -483,32 +483,13 @@ async fn a_model_failure_stops_the_eval_with_exit_1_and_reports_what_was_done() 
 
 /// Results without what differs from run to run (times, timestamps).
 fn results_without_timing(path: &Path) -> Vec<Value> {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                for k in [
-                    "timestamp",
-                    "timing",
-                    "elapsed",
-                    "elapsed_ms",
-                    "worker_wait",
-                    "latency_ms",
-                    "latency_s",
-                ] {
-                    m.remove(k);
-                }
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
     let mut out: Vec<Value> = std::fs::read_to_string(path)
         .expect("results")
         .lines()
         .map(|l| {
             let mut v: Value = serde_json::from_str(l).expect("json line");
-            strip(&mut v);
+            strip_keys(&mut v, &TIMING_KEYS);
+            strip_keys(&mut v, &["latency_ms", "latency_s"]);
             v
         })
         .collect();

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{strip_keys, TIMING_KEYS};
 use csv_agent::sandbox::CellStatus;
 use csv_agent::serve::{ClientError, Endpoint, ServeClient};
 use serde_json::{json, Value};
@@ -792,30 +793,12 @@ fn validate_formats_rolls_out_rl_rows_in_the_jail() {
 
 /// Episodes without what differs from run to run (times, timestamps).
 fn episodes_without_timing(path: &Path) -> Vec<Value> {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                for k in [
-                    "timestamp",
-                    "timing",
-                    "elapsed",
-                    "elapsed_ms",
-                    "worker_wait",
-                ] {
-                    m.remove(k);
-                }
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
     let mut out: Vec<Value> = std::fs::read_to_string(path)
         .expect("episodes")
         .lines()
         .map(|l| {
             let mut v: Value = serde_json::from_str(l).unwrap();
-            strip(&mut v);
+            strip_keys(&mut v, &TIMING_KEYS);
             v
         })
         .collect();

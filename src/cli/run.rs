@@ -395,8 +395,14 @@ fn capacity_plan(
         .map(|d| crate::datasets::csv_bytes(&d.csv))
         .max()
         .unwrap_or(0);
-    let (mem_available, memory_source) =
-        capacity::memory_available(4 << 30).map_err(|e| anyhow::anyhow!(e))?;
+    let given = match std::env::var(capacity::MEMORY_ENV) {
+        Ok(text) => Some(
+            crate::sandbox::parse_size(&text)
+                .map_err(|e| anyhow::anyhow!("{}={text:?}: {e}", capacity::MEMORY_ENV))?,
+        ),
+        Err(_) => None,
+    };
+    let (mem_available, memory_source) = capacity::memory_available(given, 4 << 30);
     Ok(capacity::plan(
         &capacity::Inputs {
             mem_available,

@@ -271,6 +271,12 @@ impl Registry {
     /// An empty staging folder for `slug` (not a dataset: its name starts
     /// with a dot), for an importer to write the data file into.
     pub fn staging_dir(&self, slug: &str) -> Result<PathBuf, DatasetError> {
+        self.check_new_slug(slug)?;
+        self.new_staging(slug)
+    }
+
+    /// `slug` is a valid name that no dataset of the registry has.
+    fn check_new_slug(&self, slug: &str) -> Result<(), DatasetError> {
         if !valid_slug(slug) {
             return Err(DatasetError::BadSlug {
                 slug: slug.to_string(),
@@ -282,6 +288,12 @@ impl Registry {
                 registry: self.root.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// A fresh staging folder for `slug`, readable by the jail user (jail
+    /// root is uid 65534 when the supervisor is root).
+    fn new_staging(&self, slug: &str) -> Result<PathBuf, DatasetError> {
         let staging = self
             .root
             .join(format!(".adding-{slug}-{}", std::process::id()));
@@ -317,17 +329,7 @@ impl Registry {
     /// Copy `file` into a staging folder of the registry, for the caller to
     /// check with pandas before [`Registry::add`] publishes it.
     pub fn stage(&self, file: &Path, slug: &str) -> Result<PathBuf, DatasetError> {
-        if !valid_slug(slug) {
-            return Err(DatasetError::BadSlug {
-                slug: slug.to_string(),
-            });
-        }
-        if self.root.join(slug).exists() {
-            return Err(DatasetError::Exists {
-                slug: slug.to_string(),
-                registry: self.root.clone(),
-            });
-        }
+        self.check_new_slug(slug)?;
         let meta = fs::metadata(file).map_err(|e| DatasetError::BadFile {
             path: file.to_path_buf(),
             reason: format!("cannot read it: {e}"),
@@ -354,16 +356,10 @@ impl Registry {
                 reason: "contains NUL bytes: a binary file, not a CSV".to_string(),
             });
         }
-        let staging = self
-            .root
-            .join(format!(".adding-{slug}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
+        let staging = self.new_staging(slug)?;
         let csv = staging.join(DATA_FILE);
         fs::copy(file, &csv).map_err(io("copying into", &csv))?;
-        // The jail user must be able to read it (jail root is uid 65534 when
-        // the supervisor is root).
-        set_mode(&staging, 0o755)?;
+        // The jail user must be able to read it.
         set_mode(&csv, 0o644)?;
         Ok(csv)
     }

@@ -31,49 +31,53 @@ pub(super) async fn answer_question(
     let slug = &dataset.slug;
     let teacher = shared.teacher.as_ref();
     let mut attempt = 1;
+    // The runs recorded for the ground truth, when they are this teacher's
+    // traces: nothing to run.
     let reused = recorded.and_then(|runs| teacher.recorded(&question, runs));
-    let outcome = loop {
-        if let Some(run) = reused {
-            break Ok(run);
-        }
-        if shared.model_failed().is_some() {
-            // Left undone (no mark at all): the next run takes it up.
-            return Ok(());
-        }
-        let (generation, sandbox) = jail.current().await;
-        let outcome = teacher.answer(&sandbox, &question, data_profile).await;
-        drop(sandbox);
-        jail.harvest_faults().await;
-        match outcome {
-            Err(TeacherError::Infrastructure { error, usage, id }) => {
-                // Never an episode: run the question again in a healthy
-                // sandbox, within the retry and restart budgets.
-                shared.add_usage(slug, &usage);
-                let reason = match jail.after_failure(&id, &error, generation, attempt).await {
-                    Ok(next) => {
-                        attempt = next;
-                        continue;
-                    }
-                    Err(GiveUp::Retries) => {
-                        format!("{attempt} attempts failed on the infrastructure; last: {error}")
-                    }
-                    Err(GiveUp::Restarts(x)) => format!("{x} (while answering: {error})"),
-                };
-                break Err((Stage::Infrastructure, format!("question {id}: {reason}")));
+    let outcome = match reused {
+        Some(run) => Ok(run),
+        None => loop {
+            if shared.model_failed().is_some() {
+                // Left undone (no mark at all): the next run takes it up.
+                return Ok(());
             }
-            Ok(run) => break Ok(run),
-            Err(e) => {
-                let stage = match &e {
-                    TeacherError::Model { error, usage, .. } => {
-                        shared.add_usage(slug, usage);
-                        shared.record_model_failure(error);
-                        Stage::Model
-                    }
-                    _ => Stage::Teacher,
-                };
-                break Err((stage, e.to_string()));
+            let (generation, sandbox) = jail.current().await;
+            let outcome = teacher.answer(&sandbox, &question, data_profile).await;
+            drop(sandbox);
+            jail.harvest_faults().await;
+            match outcome {
+                Err(TeacherError::Infrastructure { error, usage, id }) => {
+                    // Never an episode: run the question again in a healthy
+                    // sandbox, within the retry and restart budgets.
+                    shared.add_usage(slug, &usage);
+                    let reason = match jail.after_failure(&id, &error, generation, attempt).await {
+                        Ok(next) => {
+                            attempt = next;
+                            continue;
+                        }
+                        Err(GiveUp::Retries) => {
+                            format!(
+                                "{attempt} attempts failed on the infrastructure; last: {error}"
+                            )
+                        }
+                        Err(GiveUp::Restarts(x)) => format!("{x} (while answering: {error})"),
+                    };
+                    break Err((Stage::Infrastructure, format!("question {id}: {reason}")));
+                }
+                Ok(run) => break Ok(run),
+                Err(e) => {
+                    let stage = match &e {
+                        TeacherError::Model { error, usage, .. } => {
+                            shared.add_usage(slug, usage);
+                            shared.record_model_failure(error);
+                            Stage::Model
+                        }
+                        _ => Stage::Teacher,
+                    };
+                    break Err((stage, e.to_string()));
+                }
             }
-        }
+        },
     };
     let run = match outcome {
         Ok(run) => run,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A snapshot of the counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorkerStats {
     /// Workers forked (spares included).
     pub forks: u64,
@@ -28,15 +28,6 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
-    pub fn add(&mut self, other: &WorkerStats) {
-        self.forks += other.forks;
-        self.fork_seconds += other.fork_seconds;
-        self.from_spares += other.from_spares;
-        self.fresh += other.fresh;
-        self.zygote_cpu += other.zygote_cpu;
-        self.worker_cpu += other.worker_cpu;
-    }
-
     /// Mean fork time in milliseconds (0 without forks).
     pub fn mean_fork_ms(&self) -> f64 {
         if self.forks == 0 {

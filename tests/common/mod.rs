@@ -142,3 +142,27 @@ pub fn text(o: &std::process::Output) -> String {
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Keys of episodes and results that say when or how fast something ran,
+/// not what ran.
+pub const TIMING_KEYS: [&str; 5] = [
+    "timestamp",
+    "timing",
+    "elapsed",
+    "elapsed_ms",
+    "worker_wait",
+];
+
+/// Remove `keys` from every object in `value`, at every depth.
+pub fn strip_keys(value: &mut serde_json::Value, keys: &[&str]) {
+    match value {
+        serde_json::Value::Object(m) => {
+            for k in keys {
+                m.remove(*k);
+            }
+            m.values_mut().for_each(|v| strip_keys(v, keys));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| strip_keys(v, keys)),
+        _ => {}
+    }
+}

@@ -22,30 +22,19 @@ use sha2::{Digest, Sha256};
 
 /// Fields that say when or how fast something ran (or where the CSV was),
 /// not what ran: removed at every depth before digesting.
-const NOT_CONTENT: [&str; 6] = [
-    "timestamp",
-    "timing",
-    "elapsed",
-    "worker_wait",
-    "elapsed_ms",
-    "csv_source",
-];
+fn not_content(key: &str) -> bool {
+    crate::common::TIMING_KEYS.contains(&key) || key == "csv_source"
+}
 
 pub fn golden_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/run.jsonl")
 }
 
 fn strip(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| !NOT_CONTENT.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), strip(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
-        other => other.clone(),
-    }
+    let mut value = value.clone();
+    crate::common::strip_keys(&mut value, &crate::common::TIMING_KEYS);
+    crate::common::strip_keys(&mut value, &["csv_source"]);
+    value
 }
 
 /// Compact JSON with keys sorted at every depth (whatever order the map
@@ -93,7 +82,7 @@ fn record(episode: &Value) -> Value {
         .as_object()
         .map(|m| {
             m.iter()
-                .filter(|(k, _)| !NOT_CONTENT.contains(&k.as_str()))
+                .filter(|(k, _)| !not_content(k))
                 .map(|(k, v)| (k.clone(), digest(v)))
                 .collect()
         })
