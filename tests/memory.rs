@@ -161,3 +161,49 @@ fn sandbox_profile_refuses_a_bad_worker_count_before_starting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("between 1 and 256"), "{stderr}");
 }
+
+/// `scripts/memory-floor.py` (the interpreter's floor, docs/architecture.md):
+/// it runs the zygote's own preparation outside the jail and measures bare
+/// forks, idle and after the default task.
+#[test]
+fn the_memory_floor_script_measures_bare_forks_of_the_prepared_zygote() {
+    let image = common::image();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/memory-floor.py");
+    let run = |csv: &std::path::Path| {
+        Command::new(&image.python)
+            .arg(script)
+            .arg(csv)
+            .args(["--forks", "2"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(image.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("the image interpreter runs")
+    };
+    let out = run(&common::penguins());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let uss = |mode: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{mode}: Uss ")))
+            .unwrap_or_else(|| panic!("no {mode} line in:\n{stdout}"));
+        line[format!("{mode}: Uss ").len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number in {line:?}"))
+    };
+    let (idle, task) = (uss("idle"), uss("task"));
+    assert!(idle > 0.0, "{stdout}");
+    // The task copies pages an idle fork never touches.
+    assert!(task > idle + 1.0, "{stdout}");
+    assert!(stdout.contains("zygote: Rss "), "{stdout}");
+
+    let missing = std::env::temp_dir().join("csv-agent-no-such-file.csv");
+    let out = run(&missing);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
