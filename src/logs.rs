@@ -61,6 +61,19 @@ impl DatasetLogs {
 /// The dataset a span belongs to, kept in the span's extensions.
 struct DatasetName(String);
 
+/// The dataset of the innermost span around `event` that names one.
+fn event_dataset<S>(event: &Event<'_>, ctx: &Context<'_, S>) -> Option<String>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    ctx.event_scope(event).and_then(|scope| {
+        scope
+            .from_root()
+            .filter_map(|span| span.extensions().get::<DatasetName>().map(|d| d.0.clone()))
+            .last()
+    })
+}
+
 #[derive(Default)]
 struct Fields {
     dataset: Option<String>,
@@ -104,12 +117,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let dataset = ctx.event_scope(event).and_then(|scope| {
-            scope
-                .from_root()
-                .filter_map(|span| span.extensions().get::<DatasetName>().map(|d| d.0.clone()))
-                .last()
-        });
+        let dataset = event_dataset(event, &ctx);
         let mut fields = Fields::default();
         event.record(&mut fields);
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
@@ -194,12 +202,7 @@ where
         if !self.shows(meta.target(), meta.level()) {
             return;
         }
-        let dataset = ctx.event_scope(event).and_then(|scope| {
-            scope
-                .from_root()
-                .filter_map(|span| span.extensions().get::<DatasetName>().map(|d| d.0.clone()))
-                .last()
-        });
+        let dataset = event_dataset(event, &ctx);
         let mut fields = Fields::default();
         event.record(&mut fields);
         let tag = meta.level().as_str().to_ascii_lowercase();

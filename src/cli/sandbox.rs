@@ -140,25 +140,35 @@ async fn exec(args: ExecArgs) -> Result<i32> {
     warn_degraded(sandbox.report());
 
     let mut task = sandbox.task();
+    let outcome = run_cells(args.json, &cells, async |code: &str| {
+        task.run_cell(code).await
+    })
+    .await;
+    sandbox.shutdown().await;
+    outcome
+}
+
+/// Run `cells` in order through `run` and print each result (notebook or
+/// JSON lines). Stops at the first error of the machinery, which it returns;
+/// otherwise exit 0 when every cell succeeded, 1 when one failed.
+async fn run_cells<E>(
+    json: bool,
+    cells: &[String],
+    mut run: impl AsyncFnMut(&str) -> Result<CellResult, E>,
+) -> Result<i32>
+where
+    E: Into<anyhow::Error>,
+{
     let mut all_ok = true;
-    let mut outcome = Ok(());
     for (i, code) in cells.iter().enumerate() {
-        let cell = match task.run_cell(code).await {
-            Ok(c) => c,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
+        let cell = run(code).await.map_err(Into::into)?;
         all_ok &= cell.status == CellStatus::Ok;
-        if args.json {
+        if json {
             print_json(&cell)?;
         } else {
             print_notebook(i + 1, code, &cell);
         }
     }
-    sandbox.shutdown().await;
-    outcome?;
     Ok(if all_ok {
         super::EXIT_OK
     } else {
@@ -183,30 +193,12 @@ async fn exec_remote(
         "limits": { "memory": memory, "timeout": args.timeout },
     });
     let id = client.create_session(&spec).await?;
-    let mut all_ok = true;
-    let mut outcome = Ok(());
-    for (i, code) in cells.iter().enumerate() {
-        let cell = match client.run_cell(&id, code, Some(args.timeout)).await {
-            Ok(c) => c,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
-        all_ok &= cell.status == CellStatus::Ok;
-        if args.json {
-            print_json(&cell)?;
-        } else {
-            print_notebook(i + 1, code, &cell);
-        }
-    }
-    let _ = client.delete_session(&id).await;
-    outcome?;
-    Ok(if all_ok {
-        super::EXIT_OK
-    } else {
-        super::EXIT_FAILED
+    let outcome = run_cells(args.json, cells, async |code: &str| {
+        client.run_cell(&id, code, Some(args.timeout)).await
     })
+    .await;
+    let _ = client.delete_session(&id).await;
+    outcome
 }
 
 /// One warning per distinct reason, naming every layer it covers.

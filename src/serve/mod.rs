@@ -33,6 +33,27 @@ pub use client::{ClientError, Endpoint, ServeClient};
 pub use server::{serve, ServeSettings};
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// When a pooled sandbox or a session was last used: what idle eviction and
+/// the status listings read.
+#[derive(Debug)]
+pub(crate) struct LastUsed(Mutex<Instant>);
+
+impl LastUsed {
+    pub(crate) fn now() -> LastUsed {
+        LastUsed(Mutex::new(Instant::now()))
+    }
+    pub(crate) fn touch(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Instant::now();
+        }
+    }
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.0.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
 
 /// What can go wrong while setting up or running the service (not a
 /// request's error: those are [`server::ApiError`]s with an HTTP status).

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -50,24 +50,13 @@ pub struct Slot {
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     /// Cheap copy of the live sandbox for readers that must not wait for a start.
     current: Mutex<Option<Sandbox>>,
-    last_used: Mutex<Instant>,
+    last_used: super::LastUsed,
     /// Live sessions on this sandbox (it is never evicted while > 0).
     pub sessions: AtomicUsize,
     starts: AtomicU64,
 }
 
 impl Slot {
-    fn touch(&self) {
-        if let Ok(mut t) = self.last_used.lock() {
-            *t = Instant::now();
-        }
-    }
-    fn idle_for(&self) -> Duration {
-        self.last_used
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
     fn current(&self) -> Option<Sandbox> {
         self.current.lock().ok().and_then(|c| c.clone())
     }
@@ -186,7 +175,7 @@ impl Pool {
                         csv: csv.to_path_buf(),
                         sandbox: tokio::sync::Mutex::new(None),
                         current: Mutex::new(None),
-                        last_used: Mutex::new(Instant::now()),
+                        last_used: super::LastUsed::now(),
                         sessions: AtomicUsize::new(0),
                         starts: AtomicU64::new(0),
                     })
@@ -194,7 +183,7 @@ impl Pool {
                 .clone()
         };
         slot.sessions.fetch_add(1, Ordering::AcqRel);
-        slot.touch();
+        slot.last_used.touch();
         match self.live_sandbox(&slot, extra_memory).await {
             Ok(sb) => Ok((slot, sb)),
             Err(e) => {
@@ -207,7 +196,7 @@ impl Pool {
     /// Give back what [`checkout`](Self::checkout) took.
     pub fn release(&self, slot: &Slot) {
         slot.sessions.fetch_sub(1, Ordering::AcqRel);
-        slot.touch();
+        slot.last_used.touch();
     }
 
     async fn live_sandbox(
@@ -284,14 +273,14 @@ impl Pool {
                 .iter()
                 .filter(|s| s.key != starting.key && s.sessions.load(Ordering::Acquire) == 0)
                 .filter(|s| s.current().is_some())
-                .max_by_key(|s| s.idle_for())
+                .max_by_key(|s| s.last_used.idle_for())
                 .cloned();
             match victim {
                 Some(v) => {
                     eprintln!(
                         "csv-agent serve: evicting {} (idle {:.0} s) to stay within the memory budget",
                         v.label,
-                        v.idle_for().as_secs_f64()
+                        v.last_used.idle_for().as_secs_f64()
                     );
                     self.stop(&v).await;
                 }
@@ -328,7 +317,7 @@ impl Pool {
         for slot in self.all_slots() {
             if slot.sessions.load(Ordering::Acquire) == 0
                 && slot.current().is_some()
-                && slot.idle_for() >= self.settings.idle_timeout
+                && slot.last_used.idle_for() >= self.settings.idle_timeout
             {
                 eprintln!(
                     "csv-agent serve: stopping the idle sandbox of {}",
@@ -363,7 +352,7 @@ impl Pool {
                     alive: sb.is_alive(),
                     sessions: s.sessions.load(Ordering::Acquire),
                     zygote_memory_bytes: sb.zygote_cgroup_memory().unwrap_or(0),
-                    idle_ms: s.idle_for().as_millis() as u64,
+                    idle_ms: s.last_used.idle_for().as_millis() as u64,
                     starts: s.starts.load(Ordering::Relaxed),
                     zygote_host_pid: sb.zygote_host_pid(),
                 })

@@ -29,7 +29,7 @@ pub struct Session {
     /// The sandbox's own cell limit (the server's maximum).
     max_timeout: Duration,
     created: Instant,
-    last_used: Mutex<Instant>,
+    last_used: super::LastUsed,
     cells: AtomicU64,
     closed: AtomicBool,
     /// A cell is running (a second one is refused).
@@ -65,19 +65,6 @@ pub struct SessionInfo {
 }
 
 impl Session {
-    fn touch(&self) {
-        if let Ok(mut t) = self.last_used.lock() {
-            *t = Instant::now();
-        }
-    }
-
-    fn idle_for(&self) -> Duration {
-        self.last_used
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-
     /// Run one cell within `timeout` (at most the sandbox's own limit,
     /// which the server set to its maximum). A timeout from here kills the
     /// worker the same way the sandbox's own does (dropping the cell drops
@@ -94,7 +81,7 @@ impl Session {
         if self.closed.load(Ordering::Acquire) {
             return Err(CellError::Deleted);
         }
-        self.touch();
+        self.last_used.touch();
         self.cells.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let limit = self.max_timeout;
@@ -111,7 +98,7 @@ impl Session {
             r = cell => r,
             _ = self.deleted.notified() => return Err(CellError::Deleted),
         };
-        self.touch();
+        self.last_used.touch();
         match outcome {
             Some(Ok(result)) => Ok(result),
             Some(Err(e)) => Err(CellError::Lost(e)),
@@ -133,7 +120,7 @@ impl Session {
             dataset_hash: self.slot.key.hash.clone(),
             cells: self.cells.load(Ordering::Relaxed),
             age_ms: self.created.elapsed().as_millis() as u64,
-            idle_ms: self.idle_for().as_millis() as u64,
+            idle_ms: self.last_used.idle_for().as_millis() as u64,
             worker_host_pid: pid,
             worker_memory_bytes: mem,
             timeout: self.default_timeout.as_secs_f64(),
@@ -294,7 +281,7 @@ impl Sessions {
             default_timeout: new.default_timeout,
             max_timeout: new.max_timeout,
             created: Instant::now(),
-            last_used: Mutex::new(Instant::now()),
+            last_used: super::LastUsed::now(),
             cells: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -367,7 +354,9 @@ impl Sessions {
         let stale: Vec<Arc<Session>> = self
             .all()
             .into_iter()
-            .filter(|s| s.idle_for() >= self.idle_timeout && !s.running.load(Ordering::Acquire))
+            .filter(|s| {
+                s.last_used.idle_for() >= self.idle_timeout && !s.running.load(Ordering::Acquire)
+            })
             .collect();
         for s in &stale {
             self.discard(pool, s);
