@@ -178,6 +178,19 @@ fn raw(socket: &Path, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Send `head`, pause, then send `body`: whether the body could still be
+/// written, and the reply.
+fn raw_paused(socket: &Path, head: &[u8], body: &[u8], pause: Duration) -> (bool, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head).unwrap();
+    std::thread::sleep(pause);
+    let sent = s.write_all(body).is_ok();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (sent, String::from_utf8_lossy(&out).into_owned())
+}
+
 fn penguins_rl_row(dir: &Path) -> PathBuf {
     let path = dir.join("rl.jsonl");
     let row = json!({"question_id": "q-count", "answer": "344", "answer_hash": csv_agent::answers::answer_hash(&json!(344)),
@@ -492,18 +505,36 @@ async fn bad_input_is_refused_and_others_are_still_served() {
         ),
         404
     );
+    // A cell's body is read before its session is looked up: a client that
+    // sends its body late still gets the answer, not a closed connection.
+    let head = format!(
+        "POST /v1/sessions/{}/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: close\r\n\r\n",
+        "0".repeat(32)
+    );
+    let (sent, reply) = raw_paused(
+        &server.socket,
+        head.as_bytes(),
+        br#"{"code":"1"}"#,
+        Duration::from_millis(300),
+    );
+    assert!(sent, "the server closed before the body arrived: {reply}");
+    assert!(s(&reply).contains("404"), "{reply}");
     // Oversize body: declared, and streamed without a length.
     let big = "x".repeat(100 * 1024);
     assert_eq!(
         status_of(c.run_cell("whatever", &big, None).await),
-        404,
-        "an unknown session first"
+        413,
+        "the body is bounded before the session is looked up"
     );
     let id = c
         .create_session(&json!({"dataset": "penguins"}))
         .await
         .expect("session");
     assert_eq!(status_of(c.run_cell(&id, &big, None).await), 413);
+    // Past the socket's buffer too: the refusal arrives while the client is
+    // still writing, and the client reads it.
+    let huge = "x".repeat(8 << 20);
+    assert_eq!(status_of(c.run_cell(&id, &huge, None).await), 413);
     // The server may close a connection whose body it did not read.
     let mut c = server.client();
     let mut chunked = format!(

@@ -111,7 +111,14 @@ class Client:
         for attempt in (0, 1):
             conn = self._connection()
             try:
-                conn.request(method, path, body=data, headers=headers)
+                try:
+                    conn.request(method, path, body=data, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server may refuse (401, 413, ...) before it has read
+                    # the whole body and then close: its answer is still there
+                    # to read. Nothing to read means a stale kept-alive
+                    # connection, retried below.
+                    pass
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
@@ -293,6 +300,14 @@ def _self_test(endpoint: str, csv: str) -> None:
         raise AssertionError("an unknown session was served")
     except ServeError as e:
         assert e.status == 404, e
+    # A body far past --max-body and the socket's buffer: the server answers
+    # 413 and closes while the client is still writing; the client reads it.
+    with c.session(csv=csv) as s:
+        try:
+            s.run("x = 1\n" + "#" * (8 << 20))
+            raise AssertionError("an oversize cell was served")
+        except ServeError as e:
+            assert e.status == 413, e
     reward = make_grpo_reward(endpoint, workers=3)
     good = "Count the rows.\n```python\nn = len(df)\nhook(df.shape[1], 'df.shape[1]')\n```\nthen\n```python\nsubmit(n)\n```"
     wrong = [{"role": "assistant", "content": "```python\nsubmit(len(df) - 1)\n```"}]

@@ -704,11 +704,14 @@ async fn run_cell(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    // The body first: a refusal sent before the client finished writing
+    // would be followed by the server closing the connection, and the client
+    // would see a broken pipe instead of the answer.
+    let body: CellIn = read_json(state, req).await?;
     let session = state
         .sessions
         .get(id, who)
         .ok_or_else(|| unknown_session(id))?;
-    let body: CellIn = read_json(state, req).await?;
     let timeout = match body.timeout {
         None => session.default_timeout,
         Some(t) => check_timeout(t, state.pool.settings().limits.cell_timeout)?,
