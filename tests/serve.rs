@@ -191,6 +191,16 @@ fn raw_paused(socket: &Path, head: &[u8], body: &[u8], pause: Duration) -> (bool
     (sent, String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Send `head` and `len` bytes of body on `stream`, then read the reply:
+/// whether the whole body could be written, and the reply.
+fn upload<S: Read + Write>(mut stream: S, head: &str, len: usize) -> (bool, String) {
+    let sent =
+        stream.write_all(head.as_bytes()).is_ok() && stream.write_all(&vec![b'x'; len]).is_ok();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    (sent, String::from_utf8_lossy(&out).into_owned())
+}
+
 fn penguins_rl_row(dir: &Path) -> PathBuf {
     let path = dir.join("rl.jsonl");
     let row = json!({"question_id": "q-count", "answer": "344", "answer_hash": csv_agent::answers::answer_hash(&json!(344)),
@@ -535,6 +545,29 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     // still writing, and the client reads it.
     let huge = "x".repeat(8 << 20);
     assert_eq!(status_of(c.run_cell(&id, &huge, None).await), 413);
+    // The same by hand, on both transports: the refused client can write
+    // its whole body (the server drains it) and then reads why.
+    let head = |path: &str, auth: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n",
+            8 << 20
+        )
+    };
+    let unix = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    unix.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (sent, reply) = upload(
+        unix,
+        &head(&format!("/v1/sessions/{id}/cells"), ""),
+        8 << 20,
+    );
+    assert!(sent && s(&reply).contains("413"), "sent {sent}: {reply}");
+    let tcp =
+        std::net::TcpStream::connect(server.tcp.as_deref().unwrap().trim_start_matches("http://"))
+            .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (sent, reply) = upload(tcp, &head("/v1/sessions", ""), 8 << 20);
+    assert!(sent && s(&reply).contains("401"), "sent {sent}: {reply}");
     // The server may close a connection whose body it did not read.
     let mut c = server.client();
     let mut chunked = format!(

@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod linger;
 pub mod pool;
 pub mod score;
 pub mod server;

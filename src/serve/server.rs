@@ -9,6 +9,7 @@
 //! can panic the server: handlers return `Result<_, ApiError>`.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Semaphore};
 
 use super::auth::{self, Peer, Principal, Refusal};
+use super::linger::{self, Linger};
 use super::pool::{Pool, PoolError, PoolKey, PoolSettings};
 use super::score::{Questions, ScoreRequest};
 use super::sessions::{CellError, CreateError, NewSession, Sessions};
@@ -207,6 +209,7 @@ pub async fn serve(
     let conns = Arc::new(Semaphore::new(settings.max_connections));
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
+        linger: Linger::default(),
     };
     let mut loops = Vec::new();
     {
@@ -291,6 +294,7 @@ pub async fn serve(
 #[derive(Clone, Copy)]
 struct ConnLimits {
     header_timeout: Duration,
+    linger: Linger,
 }
 
 async fn accept_error(e: std::io::Error) {
@@ -319,21 +323,27 @@ fn admit<T>(
         let _permit = permit;
         let svc = service_fn(move |req| {
             let (state, peer) = (state.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(handle(&state, &peer, req).await) }
+            Box::pin(async move { Ok::<_, Infallible>(handle(&state, &peer, req).await) })
         });
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
+        let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+        let ended = tokio::select! {
+            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => r,
             _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                poll_fn(|cx| conn.poll_without_shutdown(cx)).await
             }
+        };
+        // Ended by HTTP (a close the server or the client asked for, or an
+        // answer given before the body was read): close lingering. A
+        // connection cut for a protocol error or a slow header is dropped.
+        if ended.is_ok() {
+            let mut io = conn.into_parts().io.into_inner();
+            linger::close(&mut io, limits.linger).await;
         }
     });
 }
