@@ -178,27 +178,27 @@ fn raw(socket: &Path, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Send `head`, pause, then send `body`: whether the body could still be
-/// written, and the reply.
-fn raw_paused(socket: &Path, head: &[u8], body: &[u8], pause: Duration) -> (bool, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head).unwrap();
-    std::thread::sleep(pause);
-    let sent = s.write_all(body).is_ok();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    (sent, String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Send `head` and `len` bytes of body on `stream`, then read the reply:
+/// Send `head`, pause, then send `body` on `stream`, then read the reply:
 /// whether the whole body could be written, and the reply.
-fn upload<S: Read + Write>(mut stream: S, head: &str, len: usize) -> (bool, String) {
-    let sent =
-        stream.write_all(head.as_bytes()).is_ok() && stream.write_all(&vec![b'x'; len]).is_ok();
+fn send_in_two<S: Read + Write>(
+    mut stream: S,
+    head: &[u8],
+    body: &[u8],
+    pause: Duration,
+) -> (bool, String) {
+    let mut sent = stream.write_all(head).is_ok();
+    std::thread::sleep(pause);
+    sent = sent && stream.write_all(body).is_ok();
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     (sent, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A unix connection to `socket` whose reads give up after 10 s.
+fn unix_stream(socket: &Path) -> std::os::unix::net::UnixStream {
+    let s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
 }
 
 fn penguins_rl_row(dir: &Path) -> PathBuf {
@@ -521,8 +521,8 @@ async fn bad_input_is_refused_and_others_are_still_served() {
         "POST /v1/sessions/{}/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: close\r\n\r\n",
         "0".repeat(32)
     );
-    let (sent, reply) = raw_paused(
-        &server.socket,
+    let (sent, reply) = send_in_two(
+        unix_stream(&server.socket),
         head.as_bytes(),
         br#"{"code":"1"}"#,
         Duration::from_millis(300),
@@ -547,26 +547,29 @@ async fn bad_input_is_refused_and_others_are_still_served() {
     assert_eq!(status_of(c.run_cell(&id, &huge, None).await), 413);
     // The same by hand, on both transports: the refused client can write
     // its whole body (the server drains it) and then reads why.
-    let head = |path: &str, auth: &str| {
+    let head = |path: &str| {
         format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n",
-            8 << 20
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            huge.len()
         )
     };
-    let unix = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
-    unix.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (sent, reply) = upload(
-        unix,
-        &head(&format!("/v1/sessions/{id}/cells"), ""),
-        8 << 20,
+    let (sent, reply) = send_in_two(
+        unix_stream(&server.socket),
+        head(&format!("/v1/sessions/{id}/cells")).as_bytes(),
+        huge.as_bytes(),
+        Duration::ZERO,
     );
     assert!(sent && s(&reply).contains("413"), "sent {sent}: {reply}");
     let tcp =
         std::net::TcpStream::connect(server.tcp.as_deref().unwrap().trim_start_matches("http://"))
             .unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (sent, reply) = upload(tcp, &head("/v1/sessions", ""), 8 << 20);
+    let (sent, reply) = send_in_two(
+        tcp,
+        head("/v1/sessions").as_bytes(),
+        huge.as_bytes(),
+        Duration::ZERO,
+    );
     assert!(sent && s(&reply).contains("401"), "sent {sent}: {reply}");
     // The server may close a connection whose body it did not read.
     let mut c = server.client();

@@ -714,9 +714,8 @@ async fn run_cell(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    // The body first: a refusal sent before the client finished writing
-    // would be followed by the server closing the connection, and the client
-    // would see a broken pipe instead of the answer.
+    // The body first, as in every handler that takes one: its size and JSON
+    // are checked before anything is looked up.
     let body: CellIn = read_json(state, req).await?;
     let session = state
         .sessions
